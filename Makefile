@@ -1,0 +1,65 @@
+# libtcpkeep. `make` builds build/libtcpkeep.so; `make check` installs what
+# is missing (as root, on Debian), builds, and runs every test.
+
+VERSION   := 1.0.0
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+LIBDIR    ?= $(PREFIX)/lib
+BINDIR    ?= $(PREFIX)/bin
+MANDIR    ?= $(PREFIX)/share/man
+
+CC        ?= cc
+BUILD     ?= build
+WARN      := -Wall -Wextra -Werror
+CFLAGS    ?= -O2 -g
+SHIM_CFLAGS := $(CFLAGS) $(WARN) -std=gnu11 -D_GNU_SOURCE -U_FORTIFY_SOURCE -fPIC \
+               -fvisibility=hidden -pthread -DTK_VERSION='"$(VERSION)"'
+SHIM_LDFLAGS := -shared -Wl,-z,relro -Wl,-z,now -Wl,--version-script=shim/exports.map \
+                -Wl,-soname,libtcpkeep.so -pthread -ldl
+
+SHIM_SRC  := $(wildcard shim/*.c)
+SHIM_HDR  := $(wildcard shim/*.h)
+SHIM_OBJ  := $(SHIM_SRC:shim/%.c=$(BUILD)/obj/%.o)
+LIB       := $(BUILD)/libtcpkeep.so
+
+.PHONY: all check check-unit check-integration demo install uninstall clean deps
+
+all: $(LIB)
+
+$(BUILD)/obj/%.o: shim/%.c $(SHIM_HDR) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(SHIM_CFLAGS) -c -o $@ $<
+
+$(LIB): $(SHIM_OBJ) shim/exports.map
+	$(CC) -o $@ $(SHIM_OBJ) $(SHIM_LDFLAGS)
+
+include tests/tests.mk
+
+deps:
+	sh scripts/install-deps.sh
+
+check: deps
+	$(MAKE) all
+	$(MAKE) check-unit
+	$(MAKE) check-integration
+
+demo: deps
+	$(MAKE) all
+	sh scripts/demo.sh
+
+install: $(LIB)
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man7
+	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/libtcpkeep.so
+	sed -e 's|@VERSION@|$(VERSION)|' scripts/tcpkeep > $(DESTDIR)$(BINDIR)/tcpkeep
+	chmod 0755 $(DESTDIR)$(BINDIR)/tcpkeep
+	install -m 0644 man/tcpkeep.1 $(DESTDIR)$(MANDIR)/man1/tcpkeep.1
+	install -m 0644 man/libtcpkeep.7 $(DESTDIR)$(MANDIR)/man7/libtcpkeep.7
+	@if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libtcpkeep.so $(DESTDIR)$(BINDIR)/tcpkeep \
+	      $(DESTDIR)$(MANDIR)/man1/tcpkeep.1 $(DESTDIR)$(MANDIR)/man7/libtcpkeep.7
+	@if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+clean:
+	rm -rf $(BUILD)

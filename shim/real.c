@@ -1,0 +1,68 @@
+/* Binding of the real libc functions. See real.h for why a hook never waits. */
+#include "real.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdatomic.h>
+
+struct tk_real_fns tk_real;
+
+/* 0 = unbound, 1 = a thread is binding, 2 = bound. */
+static atomic_int bind_state;
+
+/* Refuse a symbol that resolves into this very library (possible with
+ * unusual link orders): it would recurse forever. Such a symbol stays on
+ * the raw system call fallback. */
+static void *lookup(const char *name, const void *self_base)
+{
+    Dl_info info;
+    void *p = dlsym(RTLD_NEXT, name);
+    if (p && self_base && dladdr(p, &info) && info.dli_fbase == self_base)
+        return NULL;
+    return p;
+}
+
+#define BIND(field, sym) \
+    tk_real.field = (__typeof__(tk_real.field))lookup(sym, self)
+
+void tk_real_bind(void)
+{
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&bind_state, &expected, 1))
+        return; /* bound already, or being bound (maybe by this very thread) */
+
+    int saved = errno;
+    Dl_info me;
+    const void *self = dladdr((void *)tk_real_bind, &me) ? me.dli_fbase : NULL;
+    BIND(socket, "socket");
+    BIND(accept, "accept");
+    BIND(accept4, "accept4");
+    BIND(connect, "connect");
+    BIND(close, "close");
+    BIND(dup, "dup");
+    BIND(dup2, "dup2");
+    BIND(dup3, "dup3");
+    BIND(fcntl, "fcntl");
+    BIND(fcntl64, "fcntl64");
+    BIND(close_range, "close_range");
+    BIND(closefrom, "closefrom");
+    BIND(read, "read");
+    BIND(write, "write");
+    BIND(recv, "recv");
+    BIND(recvfrom, "recvfrom");
+    BIND(recvmsg, "recvmsg");
+    BIND(recvmmsg, "recvmmsg");
+    BIND(send, "send");
+    BIND(sendto, "sendto");
+    BIND(sendmsg, "sendmsg");
+    BIND(sendmmsg, "sendmmsg");
+    BIND(readv, "readv");
+    BIND(writev, "writev");
+    BIND(sendfile, "sendfile");
+    BIND(sendfile64, "sendfile64");
+    BIND(read_chk, "__read_chk");
+    BIND(recv_chk, "__recv_chk");
+    BIND(recvfrom_chk, "__recvfrom_chk");
+    errno = saved;
+    atomic_store(&bind_state, 2);
+}

@@ -1,0 +1,39 @@
+/* State shared by the hooks: the configuration, whether the shim is on,
+ * and the cold-path operations the hooks call into. */
+#ifndef TK_SHIM_H
+#define TK_SHIM_H
+
+#include <stdbool.h>
+
+#include "config.h"
+#include "schedule.h"
+
+extern struct tk_config tk_cfg;
+extern struct tk_policy tk_policy;
+
+/* Loads the configuration on first use (the constructor, or an earlier
+ * hook); true when the shim is on. False while another thread is loading
+ * it, and for good when the configuration was bad: pass everything through. */
+bool tk_active(void);
+
+/* Cold path, each keeps errno. */
+void tk_track(int fd, enum tk_kind kind);   /* fd: a TCP socket just made or accepted */
+void tk_forget(int fd);                     /* fd: just returned by a call, not ours */
+void tk_after_dup(int oldfd, int newfd);    /* newfd now refers to oldfd's file */
+void tk_before_close(int fd);
+void tk_before_close_range(unsigned first, unsigned last);
+void tk_connected(int fd);                  /* connect() succeeded or is in progress */
+
+/* Descriptors the shim itself holds (the log file, the watchdog's
+ * temporary dup): the program's close() of one fails with EBADF, as it
+ * would without the shim, and close_range() steps around them. */
+#define TK_PRIVATE_FDS 2
+bool tk_is_private_fd(int fd);
+int tk_private_fds_in(unsigned first, unsigned last, int out[TK_PRIVATE_FDS]);
+void tk_set_private_fd(int which, int fd);
+
+/* The watchdog (watchdog.c). Under the table lock. */
+void tk_watchdog_notify(uint64_t check_at_ns);
+void tk_watchdog_after_fork_child(void);
+
+#endif

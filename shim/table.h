@@ -1,0 +1,106 @@
+/* The connection table.
+ *
+ * One record per tracked TCP socket, keyed by its SO_COOKIE in a uthash
+ * table; each descriptor that refers to it (dup'd ones included) points at
+ * it from an fd-indexed slot array. Who touches what:
+ *
+ *   hot path (read/write family, any thread, signal handlers): tk_slot_get()
+ *       and a relaxed store to rec->last_call_ns. Atomic loads only.
+ *   cold path (socket, accept, connect, close, dup*, fcntl, close_range) and
+ *       the watchdog: everything else, between tk_table_lock/unlock, which
+ *       block every signal while the lock is held.
+ *
+ * Records live in pooled memory that is never unmapped, so a hot-path store
+ * racing with a close lands in a valid record (at worst a recycled one,
+ * which then looks active a moment longer; it is never cut early by that). */
+#ifndef TK_TABLE_H
+#define TK_TABLE_H
+
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <uthash.h>
+
+enum tk_kind {
+    TK_KIND_SOCKET = 0, /* made by socket(): listening or not yet connected */
+    TK_KIND_CONN,       /* an accepted or connected connection: watched */
+    TK_KIND_CUT,        /* shut down by the watchdog, waiting for the close */
+    TK_KIND_DONE,       /* closed or reset by the network: nothing left to do */
+};
+
+#define TK_NOT_QUEUED UINT32_MAX
+
+struct tk_conn {
+    _Atomic uint64_t last_call_ns; /* hot path: coarse stamp of the last byte moved */
+    uint64_t cookie;               /* SO_COOKIE: identity, and the hash key */
+    uint64_t check_at_ns;          /* when the watchdog looks at it next */
+    uint32_t heap_index;           /* position in the deadline heap, or TK_NOT_QUEUED */
+    int fd;                        /* one descriptor that refers to it */
+    uint32_t refs;                 /* descriptors that refer to it */
+    uint8_t kind;                  /* enum tk_kind */
+    uint8_t checking;              /* the watchdog is looking at it outside the lock */
+    UT_hash_handle hh;
+};
+
+/* fds at or above this are never tracked (passed through). */
+#define TK_SLOT_BITS 12
+#define TK_SLOT_CHUNK (1u << TK_SLOT_BITS)
+#define TK_SLOT_TOP 4096u
+#define TK_MAX_FD (TK_SLOT_TOP * TK_SLOT_CHUNK)
+
+extern _Atomic(struct tk_conn *) *_Atomic tk_slot_chunks[TK_SLOT_TOP];
+
+/* The hot path: fd -> record or NULL, with atomic loads only. */
+static inline struct tk_conn *tk_slot_get(int fd)
+{
+    unsigned u = (unsigned)fd;
+    if (u >= TK_MAX_FD)
+        return NULL;
+    _Atomic(struct tk_conn *) *chunk =
+        atomic_load_explicit(&tk_slot_chunks[u >> TK_SLOT_BITS], memory_order_acquire);
+    if (!chunk)
+        return NULL;
+    return atomic_load_explicit(&chunk[u & (TK_SLOT_CHUNK - 1)], memory_order_acquire);
+}
+
+/* Lock with every signal blocked; `old` receives the mask to restore. */
+void tk_table_lock(sigset_t *old);
+void tk_table_unlock(const sigset_t *old);
+/* The lock itself, for the watchdog's condition variable. */
+#include <pthread.h>
+pthread_mutex_t *tk_table_mutex(void);
+/* After fork, in the child: the lock is free again, the table unchanged. */
+void tk_table_after_fork_child(void);
+
+/* Everything below needs the lock. */
+
+/* `fd` was just returned by a wrapped call: drop whatever its slot held and
+ * bind it to the record for `cookie`, made now if new (with last_call = now).
+ * Returns the record, or NULL when out of memory or fd is out of range. */
+struct tk_conn *tk_table_bind(int fd, uint64_t cookie, enum tk_kind kind, uint64_t now_ns);
+/* `newfd` now refers to what `oldfd` does (dup family): drop newfd's stale
+ * binding, then share oldfd's record if it has one. */
+void tk_table_dup(int oldfd, int newfd);
+/* `fd` no longer refers to its record; the record goes with its last fd.
+ * Returns true if the fd was bound. */
+bool tk_table_unbind(int fd);
+/* close_range: unbind every fd in [first, last]. */
+void tk_table_unbind_range(unsigned first, unsigned last);
+/* Unbind fd only if it is bound to `c` (watchdog: fd found stale). */
+void tk_table_unbind_if(int fd, struct tk_conn *c);
+struct tk_conn *tk_table_find(uint64_t cookie);
+/* Tracked records (any kind) and connections (TK_KIND_CONN or CUT). */
+unsigned tk_table_count(void);
+
+/* Deadline queue: the watched connections ordered by check_at_ns. */
+void tk_queue_set(struct tk_conn *c, uint64_t check_at_ns); /* insert or move */
+void tk_queue_remove(struct tk_conn *c);
+struct tk_conn *tk_queue_first(void); /* earliest, or NULL */
+unsigned tk_queue_length(void);
+
+/* Set when the table could not get memory; the shim then tracks nothing new. */
+extern bool tk_table_oom;
+
+#endif

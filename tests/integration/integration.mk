@@ -1,0 +1,2 @@
+check-integration:
+	@echo "no integration tests yet"

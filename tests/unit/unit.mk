@@ -1,0 +1,2 @@
+check-unit:
+	@echo "no unit tests yet"
