@@ -20,7 +20,7 @@
 
 EXPORT int close(int fd)
 {
-    if (tk_is_private_fd(fd)) { /* without the shim it would not exist */
+    if (tk_owns_private_fd(fd)) { /* without the shim it would not exist */
         errno = EBADF;
         return -1;
     }

@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "shim.h"
 #include "table.h"
 
 /* Our own file descriptor goes above the ones a program expects to get. */
@@ -24,11 +25,6 @@ static pid_t log_pid;
 void tk_log_after_fork_child(void)
 {
     log_pid = getpid();
-}
-
-int tk_log_fd(void)
-{
-    return log_fd > 2 ? log_fd : -1;
 }
 
 int tk_log_enabled(enum tk_log_level level)
@@ -70,20 +66,29 @@ static void vformat_emit(int fd, const char *fmt, va_list ap)
 static int still_ours(void)
 {
     struct stat st;
-    return fstat(log_fd, &st) == 0 && st.st_dev == log_dev && st.st_ino == log_ino;
+    int saved = errno;
+    int ours = fstat(log_fd, &st) == 0 && st.st_dev == log_dev && st.st_ino == log_ino;
+    errno = saved;
+    return ours;
+}
+
+bool tk_log_owns(int fd)
+{
+    if (fd <= 2 || fd != log_fd)
+        return false;
+    if (still_ours())
+        return true;
+    log_fd = -1; /* the number was closed behind our back and reused */
+    tk_set_private_fd(TK_PRIVATE_LOG, -1);
+    return false;
 }
 
 void tk_log(enum tk_log_level level, const char *fmt, ...)
 {
     if (!tk_log_enabled(level))
         return;
-    int saved = errno;
-    if (log_fd > 2 && !still_ours()) {
-        log_fd = -1; /* closed by a call we could not see: stop writing there */
-        errno = saved;
-        return;
-    }
-    errno = saved;
+    if (log_fd > 2 && !tk_log_owns(log_fd))
+        return; /* closed by a call we could not see: stop writing there */
     va_list ap;
     va_start(ap, fmt);
     vformat_emit(log_fd, fmt, ap);
@@ -127,6 +132,7 @@ void tk_log_open(const char *dest, enum tk_log_level level)
             log_dev = st.st_dev;
             log_ino = st.st_ino;
             log_fd = fd;
+            tk_set_private_fd(TK_PRIVATE_LOG, fd);
         }
     }
     errno = saved;

@@ -16,7 +16,8 @@ void tk_log(enum tk_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Always to stderr, whatever TCPKEEP_LOG says (bad configuration). */
 void tk_log_stderr(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* The descriptor the log writes to, or -1: never closed on the program's behalf. */
-int tk_log_fd(void);
+/* True if fd is the log file we opened and still refers to it. */
+#include <stdbool.h>
+bool tk_log_owns(int fd);
 
 #endif

@@ -16,9 +16,9 @@
 
 struct tk_real_fns {
     int (*socket)(int, int, int);
-    int (*accept)(int, struct sockaddr *, socklen_t *);
-    int (*accept4)(int, struct sockaddr *, socklen_t *, int);
-    int (*connect)(int, const struct sockaddr *, socklen_t);
+    int (*accept)(int, __SOCKADDR_ARG, socklen_t *);
+    int (*accept4)(int, __SOCKADDR_ARG, socklen_t *, int);
+    int (*connect)(int, __CONST_SOCKADDR_ARG, socklen_t);
     int (*close)(int);
     int (*dup)(int);
     int (*dup2)(int, int);
@@ -30,11 +30,11 @@ struct tk_real_fns {
     ssize_t (*read)(int, void *, size_t);
     ssize_t (*write)(int, const void *, size_t);
     ssize_t (*recv)(int, void *, size_t, int);
-    ssize_t (*recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+    ssize_t (*recvfrom)(int, void *, size_t, int, __SOCKADDR_ARG, socklen_t *);
     ssize_t (*recvmsg)(int, struct msghdr *, int);
     int (*recvmmsg)(int, struct mmsghdr *, unsigned, int, struct timespec *);
     ssize_t (*send)(int, const void *, size_t, int);
-    ssize_t (*sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+    ssize_t (*sendto)(int, const void *, size_t, int, __CONST_SOCKADDR_ARG, socklen_t);
     ssize_t (*sendmsg)(int, const struct msghdr *, int);
     int (*sendmmsg)(int, struct mmsghdr *, unsigned, int);
     ssize_t (*readv)(int, const struct iovec *, int);
@@ -44,14 +44,14 @@ struct tk_real_fns {
     ssize_t (*read_chk)(int, void *, size_t, size_t);
     ssize_t (*recv_chk)(int, void *, size_t, size_t, int);
     ssize_t (*recvfrom_chk)(int, void *, size_t, size_t, int,
-                            struct sockaddr *, socklen_t *);
+                            __SOCKADDR_ARG, socklen_t *);
 };
 
 extern struct tk_real_fns tk_real;
 
 /* glibc declares the address arguments of accept, connect, recvfrom and
- * sendto as transparent unions under _GNU_SOURCE; hooks take them in the
- * declared type and pass on the plain pointer. */
+ * sendto as transparent unions under _GNU_SOURCE; the hooks and the real
+ * pointers take them in that type, and TK_SA() gives the plain pointer. */
 #if defined __cplusplus || !__GNUC_PREREQ(2, 7) || !defined __USE_GNU
 #define TK_SA(a) (a)
 #else

@@ -26,9 +26,15 @@ void tk_connected(int fd);                  /* connect() succeeded or is in prog
 
 /* Descriptors the shim itself holds (the log file, the watchdog's
  * temporary dup): the program's close() of one fails with EBADF, as it
- * would without the shim, and close_range() steps around them. */
+ * would without the shim, and close_range() steps around them. A number
+ * that comes back from a wrapped call (dup2 onto it, or reused after a close
+ * we did not see) is the program's again. */
 #define TK_PRIVATE_FDS 2
+#define TK_PRIVATE_LOG 0
+#define TK_PRIVATE_WATCHDOG 1
 bool tk_is_private_fd(int fd);
+/* For close(): fd is private and still ours (checked, not just remembered). */
+bool tk_owns_private_fd(int fd);
 int tk_private_fds_in(unsigned first, unsigned last, int out[TK_PRIVATE_FDS]);
 void tk_set_private_fd(int which, int fd);
 

@@ -19,6 +19,23 @@ bool tk_is_private_fd(int fd)
     return false;
 }
 
+static void release_private(int fd)
+{
+    for (int i = 0; i < TK_PRIVATE_FDS; i++) {
+        int expected = fd;
+        atomic_compare_exchange_strong(&private_fds[i], &expected, -1);
+    }
+}
+
+bool tk_owns_private_fd(int fd)
+{
+    if (!tk_is_private_fd(fd))
+        return false;
+    if (fd == atomic_load_explicit(&private_fds[TK_PRIVATE_LOG], memory_order_relaxed))
+        return tk_log_owns(fd);
+    return true; /* the watchdog's dup lives for microseconds */
+}
+
 int tk_private_fds_in(unsigned first, unsigned last, int out[TK_PRIVATE_FDS])
 {
     int n = 0;
@@ -43,6 +60,8 @@ void tk_set_private_fd(int which, int fd)
 void tk_track(int fd, enum tk_kind kind)
 {
     int saved = errno;
+    if (tk_is_private_fd(fd))
+        release_private(fd);
     uint64_t cookie = tk_socket_cookie(fd);
     sigset_t old;
     tk_table_lock(&old);
@@ -59,6 +78,8 @@ void tk_track(int fd, enum tk_kind kind)
 
 void tk_forget(int fd)
 {
+    if (tk_is_private_fd(fd))
+        release_private(fd);
     if (!tk_slot_get(fd))
         return;
     int saved = errno;
@@ -71,6 +92,8 @@ void tk_forget(int fd)
 
 void tk_after_dup(int oldfd, int newfd)
 {
+    if (tk_is_private_fd(newfd))
+        release_private(newfd);
     if (!tk_slot_get(oldfd) && !tk_slot_get(newfd))
         return;
     int saved = errno;
@@ -83,7 +106,14 @@ void tk_after_dup(int oldfd, int newfd)
 
 void tk_before_close(int fd)
 {
-    tk_forget(fd);
+    if (!tk_slot_get(fd))
+        return;
+    int saved = errno;
+    sigset_t old;
+    tk_table_lock(&old);
+    tk_table_unbind(fd);
+    tk_table_unlock(&old);
+    errno = saved;
 }
 
 void tk_before_close_range(unsigned first, unsigned last)

@@ -50,9 +50,9 @@ static void observe(const struct tk_candidate *cand, struct tk_observation *obs,
     int d = (int)syscall(SYS_fcntl, cand->fd, F_DUPFD_CLOEXEC, 0);
     if (d < 0)
         return; /* EBADF: closed behind our back */
-    tk_set_private_fd(1, d);
+    tk_set_private_fd(TK_PRIVATE_WATCHDOG, d);
     if (tk_socket_cookie(d) != cand->cookie) {
-        tk_set_private_fd(1, -1);
+        tk_set_private_fd(TK_PRIVATE_WATCHDOG, -1);
         syscall(SYS_close, d);
         return;
     }
@@ -122,7 +122,7 @@ static void check_batch(struct tk_candidate *batch, struct tk_decision *decision
             cut(batch[i].fd, d, decisions[i].idle_ns);
         if (d >= 0) {
             syscall(SYS_close, d);
-            tk_set_private_fd(1, -1);
+            tk_set_private_fd(TK_PRIVATE_WATCHDOG, -1);
         }
     }
 }
