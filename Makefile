@@ -1,5 +1,6 @@
 # libtcpkeep. `make` builds build/libtcpkeep.so; `make check` installs what
-# is missing (as root, on Debian), builds, and runs every test.
+# is missing (as root, on Debian), builds, and runs every test; `make bench`
+# runs the benchmarks (not part of check).
 
 VERSION   := 1.0.0
 PREFIX    ?= /usr/local
@@ -22,7 +23,7 @@ SHIM_HDR  := $(wildcard shim/*.h)
 SHIM_OBJ  := $(SHIM_SRC:shim/%.c=$(BUILD)/obj/%.o)
 LIB       := $(BUILD)/libtcpkeep.so
 
-.PHONY: all check check-unit check-integration demo install uninstall clean deps
+.PHONY: all check check-unit check-integration demo install uninstall clean deps bench
 
 all: $(LIB)
 
@@ -34,6 +35,7 @@ $(LIB): $(SHIM_OBJ) shim/exports.map
 	$(CC) -o $@ $(SHIM_OBJ) $(SHIM_LDFLAGS)
 
 include tests/tests.mk
+include bench/bench.mk
 
 deps:
 	sh scripts/install-deps.sh
