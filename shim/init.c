@@ -65,7 +65,10 @@ static void load(void)
     }
     tk_log_open(tk_cfg.log_dest, tk_cfg.log_level);
     tk_policy.idle_ns = tk_cfg.idle_timeout_ms * TK_NS_PER_MS;
-    tk_policy.slack_ns = tk_clock_coarse_res_ns();
+    tk_clock_init();
+    /* A stamp may lag the truth by a coarse tick plus the hot path's grain,
+     * and TCP_INFO's times by a tick: the watchdog adds this before judging. */
+    tk_policy.slack_ns = tk_clock_coarse_res_ns() + TK_STAMP_GRAIN_NS;
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     tk_log(TK_LOG_DEBUG, "loaded: idle timeout %llu ms, keepalive %s",
            (unsigned long long)tk_cfg.idle_timeout_ms, tk_cfg.keepalive ? "on" : "off");

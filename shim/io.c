@@ -19,85 +19,106 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
+/* Store a new stamp only when it moved on by a grain (see TK_STAMP_GRAIN
+ * in clock.h): the line is written about once a millisecond per
+ * connection, not on every call. The watchdog allows for the grain. */
+static inline void stamp(struct tk_conn *c)
+{
+    uint64_t now = tk_stamp();
+    if ((now - atomic_load_explicit(&c->last_call_ns, memory_order_relaxed)) >> TK_STAMP_GRAIN_SHIFT)
+        atomic_store_explicit(&c->last_call_ns, now, memory_order_relaxed);
+}
+
 static inline void touch(int fd)
 {
     struct tk_conn *c = tk_slot_get(fd);
-    if (!c)
-        return;
-    uint64_t now = tk_now_coarse_ns();
-    if (atomic_load_explicit(&c->last_call_ns, memory_order_relaxed) != now)
-        atomic_store_explicit(&c->last_call_ns, now, memory_order_relaxed);
+    if (c)
+        stamp(c);
 }
 
 /* The real function, or the raw system call while binding is under way. */
 #define CALL(field, fallback, ...) \
     (TK_REAL(field) ? tk_real.field(__VA_ARGS__) : (fallback))
 
-/* WRAP(type, name, field, (params), (args), fallback syscall, fds touched)
- * The exported function handles the common case (bound, untracked) with a
- * tail call; name_slow handles a tracked fd, and a call made before the
- * real function is bound. */
-#define WRAP(type, name, field, params, args, fallback, ...)                    \
-    static __attribute__((noinline, cold)) type name##_slow params             \
+/* WRAP(type, name, field, (params), (args), fallback syscall)
+ *
+ * name:          the common case, bound and untracked: a tail call.
+ * name_tracked:  calls the real function, then stamps the record (the extra
+ *                arguments come last, so the call's own stay in their
+ *                registers). If the fd
+ *                was closed and its record reused while the call blocked,
+ *                the cookie no longer matches and nothing is stamped.
+ * name_unbound:  a call made before the real function is bound. */
+#define WRAP(type, name, field, params, args, fallback)                         \
+    static __attribute__((noinline)) type name##_tracked(                      \
+        TK_UNPAREN params, struct tk_conn *c, __typeof__(tk_real.field) real)  \
+    {                                                                          \
+        uint64_t cookie = c->cookie;                                           \
+        type r = real args;                                                    \
+        if (r > 0 && c->cookie == cookie)                                      \
+            stamp(c);                                                          \
+        return r;                                                              \
+    }                                                                          \
+    static __attribute__((noinline, cold)) type name##_unbound params          \
     {                                                                          \
         type r = CALL(field, (type)(fallback), TK_UNPAREN args);               \
-        if (r > 0) {                                                           \
-            int fds_[] = { __VA_ARGS__ };                                      \
-            for (unsigned i_ = 0; i_ < sizeof(fds_) / sizeof(fds_[0]); i_++)   \
-                touch(fds_[i_]);                                               \
-        }                                                                      \
+        if (r > 0)                                                             \
+            touch(fd);                                                         \
         return r;                                                              \
     }                                                                          \
     EXPORT type name params                                                    \
     {                                                                          \
         __typeof__(tk_real.field) real = tk_real.field;                        \
-        if (__builtin_expect(real != NULL && tk_slot_get(fd) == NULL, 1))      \
-            return real args;                                                  \
-        return name##_slow args;                                               \
+        if (__builtin_expect(real == NULL, 0))                                 \
+            return name##_unbound args;                                        \
+        struct tk_conn *c = tk_slot_get(fd);                                   \
+        if (__builtin_expect(c != NULL, 0))                                    \
+            return name##_tracked(TK_UNPAREN args, c, real);                   \
+        return real args;                                                      \
     }
 #define TK_UNPAREN(...) __VA_ARGS__
 
 WRAP(ssize_t, read, read, (int fd, void *buf, size_t n), (fd, buf, n),
-     syscall(SYS_read, fd, buf, n), fd)
+     syscall(SYS_read, fd, buf, n))
 WRAP(ssize_t, write, write, (int fd, const void *buf, size_t n), (fd, buf, n),
-     syscall(SYS_write, fd, buf, n), fd)
+     syscall(SYS_write, fd, buf, n))
 WRAP(ssize_t, recv, recv, (int fd, void *buf, size_t n, int flags), (fd, buf, n, flags),
-     syscall(SYS_recvfrom, fd, buf, n, flags, NULL, NULL), fd)
+     syscall(SYS_recvfrom, fd, buf, n, flags, NULL, NULL))
 WRAP(ssize_t, recvfrom, recvfrom,
      (int fd, void *buf, size_t n, int flags, __SOCKADDR_ARG addr, socklen_t *len),
      (fd, buf, n, flags, addr, len),
-     syscall(SYS_recvfrom, fd, buf, n, flags, TK_SA(addr), len), fd)
+     syscall(SYS_recvfrom, fd, buf, n, flags, TK_SA(addr), len))
 WRAP(ssize_t, recvmsg, recvmsg, (int fd, struct msghdr *msg, int flags), (fd, msg, flags),
-     syscall(SYS_recvmsg, fd, msg, flags), fd)
+     syscall(SYS_recvmsg, fd, msg, flags))
 WRAP(int, recvmmsg, recvmmsg,
      (int fd, struct mmsghdr *vec, unsigned vlen, int flags, struct timespec *timeout),
      (fd, vec, vlen, flags, timeout),
-     syscall(SYS_recvmmsg, fd, vec, vlen, flags, timeout), fd)
+     syscall(SYS_recvmmsg, fd, vec, vlen, flags, timeout))
 WRAP(ssize_t, send, send, (int fd, const void *buf, size_t n, int flags), (fd, buf, n, flags),
-     syscall(SYS_sendto, fd, buf, n, flags, NULL, 0), fd)
+     syscall(SYS_sendto, fd, buf, n, flags, NULL, 0))
 WRAP(ssize_t, sendto, sendto,
      (int fd, const void *buf, size_t n, int flags, __CONST_SOCKADDR_ARG addr, socklen_t len),
      (fd, buf, n, flags, addr, len),
-     syscall(SYS_sendto, fd, buf, n, flags, TK_SA(addr), len), fd)
+     syscall(SYS_sendto, fd, buf, n, flags, TK_SA(addr), len))
 WRAP(ssize_t, sendmsg, sendmsg, (int fd, const struct msghdr *msg, int flags),
-     (fd, msg, flags), syscall(SYS_sendmsg, fd, msg, flags), fd)
+     (fd, msg, flags), syscall(SYS_sendmsg, fd, msg, flags))
 WRAP(int, sendmmsg, sendmmsg, (int fd, struct mmsghdr *vec, unsigned vlen, int flags),
-     (fd, vec, vlen, flags), syscall(SYS_sendmmsg, fd, vec, vlen, flags), fd)
+     (fd, vec, vlen, flags), syscall(SYS_sendmmsg, fd, vec, vlen, flags))
 WRAP(ssize_t, readv, readv, (int fd, const struct iovec *iov, int cnt), (fd, iov, cnt),
-     syscall(SYS_readv, fd, iov, cnt), fd)
+     syscall(SYS_readv, fd, iov, cnt))
 WRAP(ssize_t, writev, writev, (int fd, const struct iovec *iov, int cnt), (fd, iov, cnt),
-     syscall(SYS_writev, fd, iov, cnt), fd)
+     syscall(SYS_writev, fd, iov, cnt))
 
 /* The fortified variants that _FORTIFY_SOURCE builds call instead. */
 WRAP(ssize_t, __read_chk, read_chk, (int fd, void *buf, size_t n, size_t buflen),
-     (fd, buf, n, buflen), syscall(SYS_read, fd, buf, n), fd)
+     (fd, buf, n, buflen), syscall(SYS_read, fd, buf, n))
 WRAP(ssize_t, __recv_chk, recv_chk, (int fd, void *buf, size_t n, size_t buflen, int flags),
-     (fd, buf, n, buflen, flags), syscall(SYS_recvfrom, fd, buf, n, flags, NULL, NULL), fd)
+     (fd, buf, n, buflen, flags), syscall(SYS_recvfrom, fd, buf, n, flags, NULL, NULL))
 WRAP(ssize_t, __recvfrom_chk, recvfrom_chk,
      (int fd, void *buf, size_t n, size_t buflen, int flags, __SOCKADDR_ARG addr,
       socklen_t *len),
      (fd, buf, n, buflen, flags, addr, len),
-     syscall(SYS_recvfrom, fd, buf, n, flags, TK_SA(addr), len), fd)
+     syscall(SYS_recvfrom, fd, buf, n, flags, TK_SA(addr), len))
 
 /* sendfile moves data between two descriptors: either may be a connection. */
 #define SENDFILE(name, field)                                                  \

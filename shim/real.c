@@ -12,18 +12,21 @@ static atomic_int bind_state;
 
 /* Refuse a symbol that resolves into this very library (possible with
  * unusual link orders): it would recurse forever. Such a symbol stays on
- * the raw system call fallback. */
-static void *lookup(const char *name, const void *self_base)
+ * the raw system call fallback. The library's extent comes from the
+ * linker's own symbols: no dladdr, which scans symbol tables. */
+extern const char __ehdr_start[];
+extern const char _end[];
+
+static void *lookup(const char *name)
 {
-    Dl_info info;
-    void *p = dlsym(RTLD_NEXT, name);
-    if (p && self_base && dladdr(p, &info) && info.dli_fbase == self_base)
+    const char *p = dlsym(RTLD_NEXT, name);
+    if (p >= __ehdr_start && p < _end)
         return NULL;
-    return p;
+    return (void *)p;
 }
 
 #define BIND(field, sym) \
-    tk_real.field = (__typeof__(tk_real.field))lookup(sym, self)
+    tk_real.field = (__typeof__(tk_real.field))lookup(sym)
 
 void tk_real_bind(void)
 {
@@ -32,8 +35,6 @@ void tk_real_bind(void)
         return; /* bound already, or being bound (maybe by this very thread) */
 
     int saved = errno;
-    Dl_info me;
-    const void *self = dladdr((void *)tk_real_bind, &me) ? me.dli_fbase : NULL;
     BIND(socket, "socket");
     BIND(accept, "accept");
     BIND(accept4, "accept4");

@@ -3,6 +3,8 @@
 
 #include <netinet/tcp.h>
 
+#include "clock.h"
+
 /* While a connection is being set up, look again soon: once established,
  * TCP_INFO's last-data times start from the handshake. */
 #define TK_HANDSHAKE_RECHECK_NS (100 * 1000000ULL)
@@ -23,7 +25,7 @@ void tk_schedule_watch(struct tk_conn *c, const struct tk_policy *p)
     c->kind = TK_KIND_CONN;
     if (p->idle_ns == 0)
         return;
-    uint64_t last = atomic_load_explicit(&c->last_call_ns, memory_order_relaxed);
+    uint64_t last = tk_stamp_to_ns(atomic_load_explicit(&c->last_call_ns, memory_order_relaxed));
     tk_queue_set(c, earliest_idle_end(last, p));
 }
 
@@ -35,7 +37,7 @@ unsigned tk_schedule_collect(uint64_t now_ns, const struct tk_policy *p,
         max = TK_INFLIGHT_MAX - inflight_len;
     struct tk_conn *c;
     while (n < max && (c = tk_queue_first()) && c->check_at_ns <= now_ns) {
-        uint64_t last = atomic_load_explicit(&c->last_call_ns, memory_order_relaxed);
+        uint64_t last = tk_stamp_to_ns(atomic_load_explicit(&c->last_call_ns, memory_order_relaxed));
         uint64_t due = earliest_idle_end(last, p);
         if (due > now_ns) { /* the program moved data since it was queued */
             tk_queue_set(c, due);

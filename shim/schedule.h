@@ -22,7 +22,7 @@ struct tk_policy {
 struct tk_candidate {
     uint64_t cookie;
     int fd;
-    uint64_t last_call_ns;
+    uint64_t last_call_ns; /* the program's last call, in CLOCK_MONOTONIC ns */
 };
 
 /* What the kernel said about the socket behind a candidate's fd. */

@@ -17,7 +17,8 @@ static bool hash_oom;
 
 #include "table.h"
 
-_Atomic(struct tk_conn *) *_Atomic tk_slot_chunks[TK_SLOT_TOP];
+static struct tk_slots no_slots; /* len 0: every fd untracked */
+struct tk_slots *_Atomic tk_slots = &no_slots;
 bool tk_table_oom;
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -82,24 +83,47 @@ static void record_free(struct tk_conn *c)
     record_count--;
 }
 
+static size_t slots_bytes(uint64_t len)
+{
+    return sizeof(struct tk_slots) + len * sizeof(_Atomic(struct tk_conn *));
+}
+
+/* Grow the slots to cover fd: copy the bound ones into a block twice as
+ * big, then publish it. The old block stays mapped for hot-path readers. */
+static bool grow_slots(unsigned fd)
+{
+    struct tk_slots *old = atomic_load_explicit(&tk_slots, memory_order_relaxed);
+    uint64_t len = old->len ? old->len : 1024;
+    while (len <= fd)
+        len *= 2;
+    if (len > TK_MAX_FD)
+        len = TK_MAX_FD;
+    struct tk_slots *s = tk_mem_alloc(slots_bytes(len));
+    if (!s) {
+        tk_table_oom = true;
+        return false;
+    }
+    s->len = len;
+    for (int i = 0; i <= max_bound_fd && (uint64_t)i < old->len; i++)
+        atomic_store_explicit(&s->slot[i],
+                              atomic_load_explicit(&old->slot[i], memory_order_relaxed),
+                              memory_order_relaxed);
+    atomic_store_explicit(&tk_slots, s, memory_order_release);
+    return true;
+}
+
 static _Atomic(struct tk_conn *) *slot_ref(int fd, bool create)
 {
     unsigned u = (unsigned)fd;
     if (u >= TK_MAX_FD)
         return NULL;
-    _Atomic(struct tk_conn *) *chunk =
-        atomic_load_explicit(&tk_slot_chunks[u >> TK_SLOT_BITS], memory_order_acquire);
-    if (!chunk) {
-        if (!create)
+    struct tk_slots *s = atomic_load_explicit(&tk_slots, memory_order_relaxed);
+    if (u >= s->len) {
+        if (!create || !grow_slots(u))
             return NULL;
-        chunk = tk_mem_alloc(TK_SLOT_CHUNK * sizeof(*chunk));
-        if (!chunk) {
-            tk_table_oom = true;
-            return NULL;
-        }
-        atomic_store_explicit(&tk_slot_chunks[u >> TK_SLOT_BITS], chunk, memory_order_release);
+        s = atomic_load_explicit(&tk_slots, memory_order_relaxed);
     }
-    return &chunk[u & (TK_SLOT_CHUNK - 1)];
+    return &s->slot[u];
 }
 
 /* Any other descriptor still bound to `c`, for when its current one goes. */

@@ -33,7 +33,7 @@ enum tk_kind {
 #define TK_NOT_QUEUED UINT32_MAX
 
 struct tk_conn {
-    _Atomic uint64_t last_call_ns; /* hot path: coarse stamp of the last byte moved */
+    _Atomic uint64_t last_call_ns; /* hot path: tk_stamp() of the last byte moved */
     uint64_t cookie;               /* SO_COOKIE: identity, and the hash key */
     uint64_t check_at_ns;          /* when the watchdog looks at it next */
     uint32_t heap_index;           /* position in the deadline heap, or TK_NOT_QUEUED */
@@ -44,25 +44,25 @@ struct tk_conn {
     UT_hash_handle hh;
 };
 
-/* fds at or above this are never tracked (passed through). */
-#define TK_SLOT_BITS 12
-#define TK_SLOT_CHUNK (1u << TK_SLOT_BITS)
-#define TK_SLOT_TOP 4096u
-#define TK_MAX_FD (TK_SLOT_TOP * TK_SLOT_CHUNK)
+/* The fd-indexed slots: one block, grown by doubling on the cold path.
+ * A grown block replaces the old one, which is never unmapped (the hot path
+ * may still be reading it). fds at or above TK_MAX_FD are never tracked. */
+#define TK_MAX_FD (1u << 24)
 
-extern _Atomic(struct tk_conn *) *_Atomic tk_slot_chunks[TK_SLOT_TOP];
+struct tk_slots {
+    uint64_t len;                  /* number of slots */
+    _Atomic(struct tk_conn *) slot[];
+};
+
+extern struct tk_slots *_Atomic tk_slots;
 
 /* The hot path: fd -> record or NULL, with atomic loads only. */
 static inline struct tk_conn *tk_slot_get(int fd)
 {
-    unsigned u = (unsigned)fd;
-    if (u >= TK_MAX_FD)
+    struct tk_slots *s = atomic_load_explicit(&tk_slots, memory_order_acquire);
+    if ((uint64_t)(unsigned)fd >= s->len)
         return NULL;
-    _Atomic(struct tk_conn *) *chunk =
-        atomic_load_explicit(&tk_slot_chunks[u >> TK_SLOT_BITS], memory_order_acquire);
-    if (!chunk)
-        return NULL;
-    return atomic_load_explicit(&chunk[u & (TK_SLOT_CHUNK - 1)], memory_order_acquire);
+    return atomic_load_explicit(&s->slot[(unsigned)fd], memory_order_acquire);
 }
 
 /* Lock with every signal blocked; `old` receives the mask to restore. */

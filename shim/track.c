@@ -65,7 +65,7 @@ void tk_track(int fd, enum tk_kind kind)
     uint64_t cookie = tk_socket_cookie(fd);
     sigset_t old;
     tk_table_lock(&old);
-    struct tk_conn *c = cookie ? tk_table_bind(fd, cookie, kind, tk_now_coarse_ns()) : NULL;
+    struct tk_conn *c = cookie ? tk_table_bind(fd, cookie, kind, tk_stamp()) : NULL;
     if (!c)
         tk_table_unbind(fd); /* whatever the number held before is stale */
     else if (kind == TK_KIND_CONN && c->kind == TK_KIND_CONN && tk_policy.idle_ns) {
@@ -136,7 +136,7 @@ void tk_connected(int fd)
     tk_table_lock(&old);
     c = tk_slot_get(fd); /* again, under the lock */
     if (c && c->kind == TK_KIND_SOCKET) {
-        atomic_store_explicit(&c->last_call_ns, tk_now_coarse_ns(), memory_order_relaxed);
+        atomic_store_explicit(&c->last_call_ns, tk_stamp(), memory_order_relaxed);
         c->kind = TK_KIND_CONN;
         if (tk_policy.idle_ns) {
             tk_schedule_watch(c, &tk_policy);

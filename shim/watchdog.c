@@ -138,7 +138,7 @@ static void *watchdog_main(void *arg)
     pthread_mutex_t *lock = tk_table_mutex();
     pthread_mutex_lock(lock);
     for (;;) {
-        uint64_t now = tk_now_ns();
+        uint64_t now = tk_clock_now();
         unsigned n = tk_schedule_collect(now, &tk_policy, batch, TK_BATCH);
         if (n == 0) {
             uint64_t next = tk_schedule_next();
@@ -156,7 +156,7 @@ static void *watchdog_main(void *arg)
         pthread_mutex_unlock(lock);
         check_batch(batch, decisions, n);
         pthread_mutex_lock(lock);
-        now = tk_now_ns();
+        now = tk_clock_now();
         for (unsigned i = 0; i < n; i++)
             tk_schedule_settle(&batch[i], &decisions[i], now);
     }
@@ -205,7 +205,7 @@ void tk_watchdog_after_fork_child(void)
     running = false;
     sleeping_until = 0;
     init_cond();
-    tk_schedule_after_fork_child(tk_now_ns());
+    tk_schedule_after_fork_child(tk_clock_now());
     if (tk_schedule_next() != UINT64_MAX)
         start();
 }

@@ -1,0 +1,106 @@
+/* TSC calibration for the activity stamps; see clock.h. */
+#include "clock.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+atomic_bool tk_stamp_use_tsc;
+
+/* Calibration: a first point at load, the latest at the watchdog's last
+ * tk_clock_now(). Written by the watchdog only (and tk_clock_init). */
+static uint64_t base_tsc, base_ns;
+static uint64_t ref_tsc, ref_ns;
+static double ns_per_tick;
+/* When the TSC was found unreliable: TSC stamps count as no older. */
+static uint64_t distrusted_at_ns;
+
+/* Disagreement between the TSC and CLOCK_MONOTONIC that we tolerate, and
+ * the shortest interval over which we measure it. */
+#define TK_TSC_TOLERANCE 0.002
+#define TK_TSC_CHECK_MIN_NS (50 * TK_NS_PER_MS)
+
+static bool invariant_tsc(void)
+{
+#if defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0x80000000u, &a, &b, &c, &d) || a < 0x80000007u)
+        return false;
+    __get_cpuid(0x80000007u, &a, &b, &c, &d);
+    return (d >> 8) & 1; /* constant rate, runs in every C-state */
+#else
+    return false;
+#endif
+}
+
+static void sample(uint64_t *tsc, uint64_t *ns)
+{
+#if defined(__x86_64__)
+    *tsc = __rdtsc();
+#else
+    *tsc = 0;
+#endif
+    *ns = tk_now_ns();
+}
+
+void tk_clock_init(void)
+{
+    sample(&base_tsc, &base_ns);
+    ref_tsc = base_tsc;
+    ref_ns = base_ns;
+    atomic_store(&tk_stamp_use_tsc, invariant_tsc());
+}
+
+uint64_t tk_clock_now(void)
+{
+    uint64_t tsc, ns;
+    sample(&tsc, &ns);
+    if (atomic_load_explicit(&tk_stamp_use_tsc, memory_order_relaxed)) {
+        bool sane = tsc > base_tsc && ns > base_ns;
+        if (sane && ns - base_ns >= TK_TSC_CHECK_MIN_NS) {
+            double lifetime = (double)(ns - base_ns) / (double)(tsc - base_tsc);
+            if (ns_per_tick > 0 && ns - ref_ns >= TK_TSC_CHECK_MIN_NS) {
+                double recent = tsc > ref_tsc ? (double)(ns - ref_ns) / (double)(tsc - ref_tsc) : 0;
+                if (recent < lifetime * (1 - TK_TSC_TOLERANCE) ||
+                    recent > lifetime * (1 + TK_TSC_TOLERANCE))
+                    sane = false;
+            }
+            if (sane)
+                ns_per_tick = lifetime;
+        }
+        if (!sane) {
+            atomic_store(&tk_stamp_use_tsc, false);
+            distrusted_at_ns = ns;
+        }
+    }
+    ref_tsc = tsc;
+    ref_ns = ns;
+    return ns;
+}
+
+uint64_t tk_stamp_to_ns(uint64_t stamp)
+{
+    if (!(stamp & TK_STAMP_TSC))
+        return stamp;
+    if (distrusted_at_ns)
+        return distrusted_at_ns;
+    uint64_t tsc = stamp & ~TK_STAMP_TSC;
+    if (tsc >= ref_tsc)
+        return ref_ns; /* taken on another CPU a hair ahead: "now" */
+    double per_tick = ns_per_tick;
+    if (per_tick <= 0) { /* not calibrated yet: count from the first point */
+        if (ref_tsc <= base_tsc)
+            return ref_ns;
+        per_tick = (double)(ref_ns - base_ns) / (double)(ref_tsc - base_tsc);
+    }
+    uint64_t age = (uint64_t)((double)(ref_tsc - tsc) * per_tick);
+    return age < ref_ns ? ref_ns - age : 0;
+}
+
+uint64_t tk_clock_coarse_res_ns(void)
+{
+    struct timespec ts;
+    if (clock_getres(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+        return 10 * TK_NS_PER_MS; /* a tick at HZ=100, the slowest kernel */
+    return tk_ts_ns(&ts);
+}
