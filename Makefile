@@ -52,10 +52,11 @@ demo: deps
 install: $(LIB)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man7
 	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/libtcpkeep.so
-	sed -e 's|@VERSION@|$(VERSION)|' scripts/tcpkeep > $(DESTDIR)$(BINDIR)/tcpkeep
+	sed -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBDIR@|$(LIBDIR)|' scripts/tcpkeep > $(DESTDIR)$(BINDIR)/tcpkeep
 	chmod 0755 $(DESTDIR)$(BINDIR)/tcpkeep
-	install -m 0644 man/tcpkeep.1 $(DESTDIR)$(MANDIR)/man1/tcpkeep.1
-	install -m 0644 man/libtcpkeep.7 $(DESTDIR)$(MANDIR)/man7/libtcpkeep.7
+	sed -e 's|"libtcpkeep [0-9.]*"|"libtcpkeep $(VERSION)"|' man/tcpkeep.1 > $(DESTDIR)$(MANDIR)/man1/tcpkeep.1
+	sed -e 's|"libtcpkeep [0-9.]*"|"libtcpkeep $(VERSION)"|' man/libtcpkeep.7 > $(DESTDIR)$(MANDIR)/man7/libtcpkeep.7
+	chmod 0644 $(DESTDIR)$(MANDIR)/man1/tcpkeep.1 $(DESTDIR)$(MANDIR)/man7/libtcpkeep.7
 	@if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 uninstall:

@@ -53,9 +53,9 @@ static inline void touch(int fd)
     static __attribute__((noinline)) type name##_tracked(                      \
         TK_UNPAREN params, struct tk_conn *c, __typeof__(tk_real.field) real)  \
     {                                                                          \
-        uint64_t cookie = c->cookie;                                           \
+        uint64_t cookie = __atomic_load_n(&c->cookie, __ATOMIC_RELAXED);       \
         type r = real args;                                                    \
-        if (r > 0 && c->cookie == cookie)                                      \
+        if (r > 0 && __atomic_load_n(&c->cookie, __ATOMIC_RELAXED) == cookie)  \
             stamp(c);                                                          \
         return r;                                                              \
     }                                                                          \

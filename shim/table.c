@@ -75,7 +75,7 @@ static void record_free(struct tk_conn *c)
 {
     tk_queue_remove(c);
     HASH_DELETE(hh, by_cookie, c);
-    c->cookie = 0;
+    __atomic_store_n(&c->cookie, 0, __ATOMIC_RELAXED); /* the hot path reads it unlocked */
     c->fd = -1;
     c->refs = 0;
     c->hh.next = free_list;

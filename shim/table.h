@@ -34,7 +34,8 @@ enum tk_kind {
 
 struct tk_conn {
     _Atomic uint64_t last_call_ns; /* hot path: tk_stamp() of the last byte moved */
-    uint64_t cookie;               /* SO_COOKIE: identity, and the hash key */
+    uint64_t cookie;               /* SO_COOKIE: identity, the hash key; read unlocked by
+                                      the hot path, so written with __atomic_store_n */
     uint64_t check_at_ns;          /* when the watchdog looks at it next */
     uint32_t heap_index;           /* position in the deadline heap, or TK_NOT_QUEUED */
     int fd;                        /* one descriptor that refers to it */

@@ -129,7 +129,7 @@ void tk_before_close_range(unsigned first, unsigned last)
 void tk_connected(int fd)
 {
     struct tk_conn *c = tk_slot_get(fd);
-    if (!c || c->kind != TK_KIND_SOCKET)
+    if (!c)
         return;
     int saved = errno;
     sigset_t old;
