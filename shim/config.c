@@ -55,9 +55,11 @@ enum tk_parse_result tk_parse_int_range(const char *s, long min, long max, long 
     if (!s)
         return TK_PARSE_BAD;
     int n = parse_digits(s, UINT64_MAX, &v);
+    if (n < 0) /* more digits than fit: check the rest before saying so */
+        return s[strspn(s, "0123456789")] == '\0' ? TK_PARSE_RANGE : TK_PARSE_BAD;
     if (n == 0 || s[n] != '\0')
-        return n < 0 ? TK_PARSE_RANGE : TK_PARSE_BAD;
-    if (n < 0 || v < (uint64_t)min || v > (uint64_t)max)
+        return TK_PARSE_BAD;
+    if (v < (uint64_t)min || v > (uint64_t)max)
         return TK_PARSE_RANGE;
     *out = (long)v;
     return TK_PARSE_OK;
