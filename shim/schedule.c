@@ -37,6 +37,10 @@ unsigned tk_schedule_collect(uint64_t now_ns, const struct tk_policy *p,
         max = TK_INFLIGHT_MAX - inflight_len;
     struct tk_conn *c;
     while (n < max && (c = tk_queue_first()) && c->check_at_ns <= now_ns) {
+        if (c->kind != TK_KIND_CONN || c->checking) { /* cut, done, or handed out */
+            tk_queue_remove(c);
+            continue;
+        }
         uint64_t last = tk_stamp_to_ns(atomic_load_explicit(&c->last_call_ns, memory_order_relaxed));
         uint64_t due = earliest_idle_end(last, p);
         if (due > now_ns) { /* the program moved data since it was queued */
@@ -49,6 +53,7 @@ unsigned tk_schedule_collect(uint64_t now_ns, const struct tk_policy *p,
         out[n].cookie = c->cookie;
         out[n].fd = c->fd;
         out[n].last_call_ns = last;
+        out[n].rec = c;
         n++;
     }
     return n;
@@ -80,9 +85,11 @@ void tk_schedule_settle(const struct tk_candidate *cand, const struct tk_decisio
         break;
     case TK_VERDICT_CUT:
         c->kind = TK_KIND_CUT;
+        tk_queue_remove(c);
         break;
     case TK_VERDICT_FORGET:
         c->kind = TK_KIND_DONE;
+        tk_queue_remove(c);
         break;
     case TK_VERDICT_STALE:
         /* Closed behind our back. Another descriptor may still hold it. */
@@ -92,6 +99,16 @@ void tk_schedule_settle(const struct tk_candidate *cand, const struct tk_decisio
             tk_queue_set(c, now_ns);
         break;
     }
+}
+
+void tk_schedule_refresh(struct tk_candidate *cand)
+{
+    struct tk_conn *c = cand->rec;
+    if (!c || __atomic_load_n(&c->cookie, __ATOMIC_RELAXED) != cand->cookie)
+        return;
+    uint64_t last = tk_stamp_to_ns(atomic_load_explicit(&c->last_call_ns, memory_order_relaxed));
+    if (last > cand->last_call_ns)
+        cand->last_call_ns = last;
 }
 
 uint64_t tk_schedule_next(void)
@@ -117,7 +134,9 @@ struct tk_decision tk_schedule_decide(const struct tk_candidate *cand,
                                       const struct tk_observation *obs,
                                       uint64_t now_ns, const struct tk_policy *p)
 {
-    struct tk_decision d = { TK_VERDICT_WAIT, 0, 0 };
+    struct tk_decision d = { TK_VERDICT_WAIT, UINT64_MAX, 0 };
+    if (p->idle_ns == 0) /* no limit: nothing is ever cut */
+        return d;
     if (!obs->same_socket) {
         d.verdict = TK_VERDICT_STALE;
         return d;

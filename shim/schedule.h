@@ -23,6 +23,8 @@ struct tk_candidate {
     uint64_t cookie;
     int fd;
     uint64_t last_call_ns; /* the program's last call, in CLOCK_MONOTONIC ns */
+    struct tk_conn *rec;   /* to re-read the stamp just before deciding (records
+                              are never unmapped; check the cookie first) */
 };
 
 /* What the kernel said about the socket behind a candidate's fd. */
@@ -45,6 +47,10 @@ struct tk_decision {
     uint64_t next_check_ns; /* for WAIT */
     uint64_t idle_ns;       /* for CUT: how long nothing moved */
 };
+
+/* The program's latest stamp for a candidate, read without the lock just
+ * before deciding: a call made since collect counts. Watchdog thread only. */
+void tk_schedule_refresh(struct tk_candidate *cand);
 
 /* Under the table lock. */
 void tk_schedule_watch(struct tk_conn *c, const struct tk_policy *p);

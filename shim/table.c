@@ -141,6 +141,9 @@ static void set_slot(int fd, _Atomic(struct tk_conn *) *slot, struct tk_conn *c)
     atomic_store_explicit(slot, c, memory_order_release);
     if (c && fd > max_bound_fd)
         max_bound_fd = fd;
+    /* Keep the scans of other_fd_of and close_range short. */
+    while (!c && fd == max_bound_fd && max_bound_fd >= 0 && !tk_slot_get(max_bound_fd))
+        fd = --max_bound_fd;
 }
 
 static void unbind_slot(int fd, _Atomic(struct tk_conn *) *slot)

@@ -92,7 +92,7 @@ void tk_table_unbind_range(unsigned first, unsigned last);
 /* Unbind fd only if it is bound to `c` (watchdog: fd found stale). */
 void tk_table_unbind_if(int fd, struct tk_conn *c);
 struct tk_conn *tk_table_find(uint64_t cookie);
-/* Tracked records (any kind) and connections (TK_KIND_CONN or CUT). */
+/* Tracked records, of any kind. */
 unsigned tk_table_count(void);
 
 /* Deadline queue: the watched connections ordered by check_at_ns. */

@@ -116,7 +116,8 @@ static void check_batch(struct tk_candidate *batch, struct tk_decision *decision
         struct tk_observation obs;
         int d;
         observe(&batch[i], &obs, &d);
-        uint64_t now = tk_now_ns();
+        uint64_t now = tk_clock_now();
+        tk_schedule_refresh(&batch[i]);
         decisions[i] = tk_schedule_decide(&batch[i], &obs, now, &tk_policy);
         if (decisions[i].verdict == TK_VERDICT_CUT)
             cut(batch[i].fd, d, decisions[i].idle_ns);

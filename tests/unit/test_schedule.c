@@ -599,7 +599,7 @@ static struct tk_observation kernel(uint8_t state, uint32_t recv_ms, uint32_t se
 static struct tk_decision decide(uint64_t last_call, const struct tk_observation *o,
                                  uint64_t now, const struct tk_policy *p)
 {
-    struct tk_candidate cand = { 4242, 5, last_call };
+    struct tk_candidate cand = { .cookie = 4242, .fd = 5, .last_call_ns = last_call };
     return tk_schedule_decide(&cand, o, now, p);
 }
 
