@@ -36,13 +36,20 @@ import sys
 import tempfile
 import time
 
+# Ratio benchmarks run in rounds (each mode once per round, the order
+# alternating), at least `min` rounds, then more while the median's 95 %
+# confidence interval is wider than +-TOLERANCE, up to `max` rounds or `budget`
+# seconds for that benchmark.
+TOLERANCE = 0.005
 FULL = dict(
-    rounds=31,        # rounds (none/shim/fwd each once) for the quick ratio benchmarks
+    rounds=dict(min=15, max=81, budget=60),        # ping-pong
+    bulk_rounds=dict(min=15, max=81, budget=50),
+    churn_rounds=dict(min=15, max=61, budget=40),
+    nginx_rounds=dict(min=7, max=25, budget=90),
     pp_s=0.25,        # seconds per ping-pong run
     bulk_s=0.25,      # seconds per bulk run
     churn_s=0.5,      # seconds per churn run
     churn_threads=2,
-    nginx_rounds=11,
     nginx_s=2,        # wrk -d (whole seconds)
     nginx_conns=32,
     idle_target=100000,
@@ -53,8 +60,10 @@ FULL = dict(
     cg_iters=20000,   # callgrind: N and 2N
     warmup=True,
 )
+ONE = dict(min=1, max=1, budget=0)
 SMOKE = dict(
-    rounds=1, pp_s=0.1, bulk_s=0.1, churn_s=0.1, churn_threads=2, nginx_rounds=1,
+    rounds=ONE, bulk_rounds=ONE, churn_rounds=ONE, nginx_rounds=ONE,
+    pp_s=0.1, bulk_s=0.1, churn_s=0.1, churn_threads=2,
     nginx_s=1, nginx_conns=8, idle_target=1000, cpu_s=1.0, batch=300,
     batch_limit_ms=1000, batches=1, cg_iters=300, warmup=False,
 )
@@ -233,6 +242,16 @@ def summary(values):
                 n=len(values))
 
 
+def median_ci(xs):
+    """Distribution-free 95 % confidence interval of the median (order statistics)."""
+    s = sorted(xs)
+    n = len(s)
+    if n < 6:
+        return s[0], s[-1]
+    k = 0.98 * math.sqrt(n)
+    return s[max(0, math.floor(n / 2 - k))], s[min(n - 1, math.ceil(n / 2 + k))]
+
+
 def fmt_ratio(s):
     return f"{s['median']:.3f} ({s['min']:.3f}..{s['max']:.3f})"
 
@@ -272,15 +291,24 @@ class Bench:
 
     def alternate(self, rounds, modes, fn):
         """fn(mode) -> (figure, cpu figure), in rounds that alternate the order of
-        the modes (none shim fwd, fwd shim none, ...)."""
+        the modes (none shim fwd, fwd shim none, ...): at least rounds["min"],
+        then more while the median shim/none ratio is not yet known to within
+        +-TOLERANCE, until rounds["max"] or rounds["budget"] seconds."""
         vals = {m: [] for m in modes}
         cpu = {m: [] for m in modes}
-        for r in range(rounds):
+        t0 = time.monotonic()
+        r = 0
+        while r < rounds["max"]:
+            if r >= rounds["min"]:
+                lo, hi = median_ci([s / n for s, n in zip(vals["shim"], vals["none"])])
+                if (hi - lo) / 2 <= TOLERANCE or time.monotonic() - t0 >= rounds["budget"]:
+                    break
             order = modes if r % 2 == 0 else list(reversed(modes))
             for m in order:
                 v, c = fn(m)
                 vals[m].append(v)
                 cpu[m].append(c)
+            r += 1
         return vals, cpu
 
     def ratio_rows(self, key, bench, figure, vals, target, better, unit, cpu=None,
@@ -289,6 +317,7 @@ class Bench:
         information. Each ratio is taken within a round, then the median."""
         rs = [s / n for s, n in zip(vals["shim"], vals["none"])]
         s = summary(rs)
+        s["ci95"] = median_ci(rs)
         ok = s["median"] <= target if better == "lower" else s["median"] >= target
         sign = "<=" if better == "lower" else ">="
         self.row(bench, figure + ", shim/none", fmt_ratio(s), f"{sign} {target:.2f}",
@@ -306,9 +335,10 @@ class Bench:
             res["cpu_raw"] = cpu
         self.results[key] = res
         med = {m: statistics.median(v) * scale for m, v in vals.items()}
-        self.details.append(f"{bench}: median {unit}: " +
+        self.details.append(f"{bench}: {len(rs)} rounds; median {unit}: " +
                             ", ".join(f"{m} {med[m]:.4g}" for m in vals) +
-                            f" ({len(rs)} rounds)")
+                            f"; shim/none 95 % CI of the median "
+                            f"{s['ci95'][0]:.3f}..{s['ci95'][1]:.3f}")
 
     # 1, 2: ping-pong ------------------------------------------------------
     def pingpong(self, pairs):
@@ -323,7 +353,10 @@ class Bench:
         if self.p["warmup"]:
             for m in ("none", "shim", "fwd"):
                 one(m)
-        vals, cpu = self.alternate(self.p["rounds"], ["none", "shim", "fwd"], one)
+        rounds = dict(self.p["rounds"])
+        if pairs > 1 and not self.args.smoke:
+            rounds["budget"] = rounds["budget"] * 7 // 6  # noisier: 16 threads on the cores
+        vals, cpu = self.alternate(rounds, ["none", "shim", "fwd"], one)
         name = "ping-pong, 1 pair" if pairs == 1 else f"ping-pong, {pairs} pairs in {2 * pairs} threads"
         self.ratio_rows(key, name, "round-trip time", vals, 1.02, "lower", "RTT in us",
                         cpu=cpu, cpu_label="process CPU per round trip", scale=1e-3)
@@ -341,7 +374,7 @@ class Bench:
         if self.p["warmup"]:
             one("none")
             one("shim")
-        vals, cpu = self.alternate(self.p["rounds"], ["none", "shim"], one)
+        vals, cpu = self.alternate(self.p["bulk_rounds"], ["none", "shim"], one)
         label = "send/recv" if api == "send" else "writev/readv"
         self.ratio_rows(key, f"bulk 64 KiB, {label}", "throughput", vals, 0.99, "higher",
                         "MB/s", cpu=cpu, cpu_label="process CPU per MB")
@@ -499,7 +532,7 @@ http {{
             if self.p["warmup"]:
                 one("none")
                 one("shim")
-            vals, cpu = self.alternate(self.p["rounds"], ["none", "shim"], one)
+            vals, cpu = self.alternate(self.p["churn_rounds"], ["none", "shim"], one)
             self.ratio_rows("churn", "accept + close churn", "connections/s", vals, 0.95,
                             "higher", "connections/s", cpu=cpu,
                             cpu_label="server CPU per connection")
@@ -713,7 +746,7 @@ http {{
             res[kind] = dict(iters=[n, 2 * n], calls=calls,
                              instr_per_call_none=d["none"][0] / calls,
                              extra_shim=extra["shim"], extra_fwd=extra["fwd"])
-            if kind == "tcp":
+            if kind in ("tcp", "tcp1"):
                 res[kind]["where"] = where_cost(d, calls, self.lib)
         self.results["callgrind"] = res
         t, p1, s1 = res["tcp"], res["pipe"], res["tcp1"]
@@ -739,6 +772,20 @@ http {{
             f"{s1['extra_shim']:.1f} extra with the shim, {s1['extra_fwd']:.1f} with fwd.")
 
     # ------------------------------------------------------------------------
+    def shim_version(self):
+        """The shim's commit, and whether shim/ differs from it, if in a git tree."""
+        top = os.path.dirname(os.path.dirname(self.lib))
+        try:
+            h = subprocess.run(["git", "-C", top, "log", "-1", "--format=%h", "--", "shim"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(["git", "-C", top, "status", "--porcelain", "--", "shim"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+        if not h:
+            return "not in a git tree"
+        return f"shim/ at commit {h}" + (" with uncommitted changes" if dirty else "")
+
     def machine(self):
         cpu = "?"
         try:
@@ -768,6 +815,7 @@ http {{
 
     def run(self):
         t0 = time.monotonic()
+        self.load0 = os.getloadavg()
         steps = [
             ("ping-pong, 1 pair", lambda: self.pingpong(1)),
             ("ping-pong, 8 pairs", lambda: self.pingpong(8)),
@@ -803,7 +851,11 @@ http {{
         print()
         print(f"libtcpkeep benchmarks ({mode}), {elapsed:.0f} s")
         print(f"machine: {machine}")
-        print(f"shim: {self.lib}; benchmark processes at nice {os.getpriority(os.PRIO_PROCESS, 0)}")
+        load1 = os.getloadavg()
+        version = self.shim_version()
+        print(f"shim: {self.lib} ({version}); benchmark processes at nice "
+              f"{os.getpriority(os.PRIO_PROCESS, 0)}; load average (1 min) "
+              f"{self.load0[0]:.2f} at the start, {load1[0]:.2f} at the end")
         print()
         for i, r in enumerate(rows):
             print("  ".join(r[j].ljust(w[j]) for j in range(5)).rstrip())
@@ -813,12 +865,15 @@ http {{
         for d in self.details:
             print("  " + d)
         cg = self.results.get("callgrind", {}).get("tcp", {}).get("where")
-        if cg:
-            print()
-            print("  where the cost goes (callgrind, tracked TCP ping-pong, shim - none, "
-                  "instructions per interposed call):")
-            for obj, fn, v in cg:
-                print(f"    {v:8.2f}  {fn}  [{obj}]")
+        cg1 = self.results.get("callgrind", {}).get("tcp1", {}).get("where")
+        for title, w in (("tracked TCP ping-pong (2 threads)", cg),
+                         ("single-threaded TCP ping-pong", cg1)):
+            if w:
+                print()
+                print(f"  where the cost goes (callgrind, {title}; shim - none, "
+                      "instructions per interposed call, by function):")
+                for obj, fn, v in w:
+                    print(f"    {v:8.2f}  {fn}  [{obj}]")
         misses = [r for r in self.rows if r[4] == "MISS"]
         print()
         print(f"{sum(r[4] == 'PASS' for r in self.rows)} passed, {len(misses)} missed, "
@@ -826,11 +881,14 @@ http {{
         os.makedirs(self.bindir, exist_ok=True)
         suffix = "-smoke" if self.args.smoke else ""
         with open(os.path.join(self.bindir, f"results{suffix}.json"), "w") as f:
-            json.dump(dict(machine=machine, elapsed_s=elapsed, smoke=self.args.smoke,
+            json.dump(dict(machine=machine, shim=version, elapsed_s=elapsed,
+                           smoke=self.args.smoke,
                            rows=self.rows, details=self.details, results=self.results),
                       f, indent=1, default=str)
         with open(os.path.join(self.bindir, f"results{suffix}.md"), "w") as f:
-            f.write(f"Machine: {machine}. `make bench`, {elapsed:.0f} s.\n\n")
+            f.write(f"Machine: {machine}. Shim: {version}. `make bench`, {elapsed:.0f} s; "
+                    f"load average "
+                    f"{self.load0[0]:.2f} at the start, {load1[0]:.2f} at the end.\n\n")
             f.write("| " + " | ".join(head) + " |\n")
             f.write("|" + "---|" * 5 + "\n")
             for r in self.rows:
@@ -838,10 +896,14 @@ http {{
             f.write("\n")
             for d in self.details:
                 f.write(f"- {d}\n")
-            if cg:
-                f.write("\n| instructions per call | function | object |\n|---|---|---|\n")
-                for obj, fn, v in cg:
-                    f.write(f"| {v:.2f} | `{fn}` | {obj} |\n")
+            for title, w in (("tracked TCP ping-pong (2 threads)", cg),
+                             ("single-threaded TCP ping-pong", cg1)):
+                if w:
+                    f.write(f"\nWhere the cost goes, {title}: shim - none, instructions "
+                            f"per interposed call\n\n| instructions | function | object |\n"
+                            f"|---|---|---|\n")
+                    for obj, fn, v in w:
+                        f.write(f"| {v:.2f} | `{fn}` | {obj} |\n")
         log(f"results in {os.path.join(self.bindir, 'results' + suffix + '.md')} and .json")
 
 
