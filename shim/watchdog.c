@@ -101,13 +101,15 @@ static void cut(int fd, int d, uint64_t idle_ns)
         if (getpeername(d, (struct sockaddr *)&ss, &len) == 0)
             format_addr(&ss, peer, sizeof(peer));
     }
-    int rc = shutdown(d, SHUT_RDWR);
-    int err = errno;
-    if (say && rc == 0)
+    /* Logged first: the program may exit the moment it reads end-of-file,
+     * taking this thread with it before a line written afterwards. */
+    if (say)
         tk_log(TK_LOG_INFO, "fd %d %s -> %s: idle for %.3f s, shut down", fd, local, peer,
                (double)idle_ns / 1e9);
-    else if (rc != 0)
-        tk_log(TK_LOG_DEBUG, "fd %d: shutdown failed: %s", fd, strerror(err));
+    if (shutdown(d, SHUT_RDWR) != 0) {
+        int err = errno;
+        tk_log(TK_LOG_INFO, "fd %d: the shutdown failed: %s", fd, strerror(err));
+    }
 }
 
 static void check_batch(struct tk_candidate *batch, struct tk_decision *decisions, unsigned n)
