@@ -156,7 +156,7 @@ def script(code, name="prog.py"):
 
 def compile_c(source, name="prog", shared=False, extra=()):
     """Compile C source into a temp dir; return the output path."""
-    if not _which("cc"):
+    if not which("cc"):
         raise Skip("no C compiler (cc)")
     d = tmpdir()
     src = os.path.join(d, name + ".c")
@@ -173,7 +173,7 @@ def compile_c(source, name="prog", shared=False, extra=()):
     return out
 
 
-def _which(prog):
+def which(prog):
     for d in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
         if os.access(os.path.join(d, prog), os.X_OK):
             return os.path.join(d, prog)
@@ -182,7 +182,7 @@ def _which(prog):
 
 def need(*progs):
     for prog in progs:
-        if not _which(prog):
+        if not which(prog):
             raise Skip("%s is not installed" % prog)
 
 
@@ -257,15 +257,38 @@ def wait_listen(port, v6=False, limit=5, proc=None):
     raise Fail("nothing listening on port %d after %s s" % (port, limit))
 
 
+# Clocks start BEFORE the event the shim stamps (connect, send) and stop
+# AFTER the peer sees the end: a loaded machine can then only make a cut
+# look later, never earlier than it was.
+
 def connect(port, host="127.0.0.1", limit=5):
     """A plain (not shimmed) client connection: (socket, monotonic time
-    when connect returned)."""
+    just before connect was called)."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM)
     s.settimeout(limit)
-    s.connect((host, port))
     t = time.monotonic()
+    s.connect((host, port))
     return s, t
+
+
+def _tcp_info_u32(sock, offset):
+    import struct
+    return struct.unpack_from("I", sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104),
+                              offset)[0]
+
+
+def kernel_last_data_recv(sock):
+    """Seconds since data last arrived on sock, by the kernel (TCP_INFO
+    tcpi_last_data_recv; since the handshake if none has). Jiffy precision."""
+    return _tcp_info_u32(sock, 52) / 1000.0
+
+
+def handshake_time(sock):
+    """Monotonic time the handshake completed, by the kernel's record (valid
+    while no data has arrived on sock). Jiffy precision: allow ~10 ms."""
+    t = time.monotonic()
+    return t - kernel_last_data_recv(sock)
 
 
 def wait_eof(sock, limit):
@@ -353,13 +376,14 @@ class Active:
             if now >= end:
                 return True
             if now >= nxt:
+                t = time.monotonic()
                 try:
                     self.sock.send(b"x")
                 except (BrokenPipeError, ConnectionResetError):
                     self.ended, self.how = time.monotonic(), "send failed"
                     return False
-                self.last_send = time.monotonic()
-                nxt = self.last_send + self.period
+                self.last_send = t
+                nxt = t + self.period
             r, _, _ = select.select([self.sock], [], [], max(0.0, min(nxt, end) - time.monotonic()))
             if r:
                 try:
@@ -378,7 +402,7 @@ class Conn:
     def __init__(self, sock, t0, active=False):
         self.sock, self.t0, self.active = sock, t0, active
         self.next_send = t0
-        self.last_send = None
+        self.last_send = None   # just before the last send
         self.last_recv = None
         self.ended = None
         self.how = None
@@ -398,9 +422,10 @@ def drive(conns, duration, period=0.3):
             return
         for c in live:
             if c.active and now >= c.next_send:
+                t = time.monotonic()
                 try:
                     c.sock.send(b"x")
-                    c.last_send = time.monotonic()
+                    c.last_send = t
                 except (BrokenPipeError, ConnectionResetError):
                     c.ended, c.how = time.monotonic(), "send failed"
                     continue

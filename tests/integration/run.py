@@ -28,20 +28,26 @@ DEFAULT_TIMEOUT = 30
 
 
 def discover():
-    """[(name, module, function name, timeout)] in file and source order."""
+    """[(name, module, function name, timeout, import error)] in file and
+    source order."""
     import helpers  # noqa: F401  (fail early if it does not import)
     tests = []
     for fname in sorted(os.listdir(HERE)):
         if not (fname.startswith("test_") and fname.endswith(".py")):
             continue
-        mod = importlib.import_module(fname[:-3])
+        try:
+            mod = importlib.import_module(fname[:-3])
+        except Exception as e:  # noqa: B902 (report it as a failing test)
+            tests.append(("import_" + fname[5:-3], fname[:-3], None, DEFAULT_TIMEOUT,
+                          "%s does not import: %s: %s" % (fname, type(e).__name__, e)))
+            continue
         fns = [(getattr(mod, n).__code__.co_firstlineno, n) for n in dir(mod)
                if n.startswith("test_") and callable(getattr(mod, n))
                and getattr(getattr(mod, n), "__module__", None) == mod.__name__]
         for _, n in sorted(fns):
             fn = getattr(mod, n)
             tests.append((n[len("test_"):], mod.__name__, n,
-                          getattr(fn, "timeout", DEFAULT_TIMEOUT)))
+                          getattr(fn, "timeout", DEFAULT_TIMEOUT), None))
     return tests
 
 
@@ -133,7 +139,11 @@ def main():
         counts["FAIL"] += 1
         tests = []
     started = time.monotonic()
-    for name, module, func, limit in tests:
+    for name, module, func, limit, broken in tests:
+        if broken:
+            counts["FAIL"] += 1
+            print("FAIL %s: %s" % (name, one_line(broken)), flush=True)
+            continue
         fd, result = tempfile.mkstemp(prefix="tcpkeep-it-", suffix=".json")
         os.close(fd)
         t0 = time.monotonic()

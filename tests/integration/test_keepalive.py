@@ -94,11 +94,16 @@ def opts(s):
                 keepcnt=s.getsockopt(T, socket.TCP_KEEPCNT),
                 user_timeout=s.getsockopt(T, socket.TCP_USER_TIMEOUT))
 mode, port = sys.argv[1], int(sys.argv[2])
-if mode == "server":
+if mode in ("server", "server_own", "listener"):
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if mode == "server_own":   # set on the listener: accepted sockets inherit it
+        ls.setsockopt(T, socket.TCP_KEEPIDLE, 500)
     ls.bind(("127.0.0.1", port))
     ls.listen(4)
+    if mode == "listener":
+        print("OPTS " + json.dumps(opts(ls)), flush=True)
+        sys.exit(0)
     print("listening", flush=True)
     ls.settimeout(10)
     c, _ = ls.accept()
@@ -118,7 +123,7 @@ else:
 def _opts(argv, mode, port, shim, env):
     p = spawn(argv + [mode, str(port)], shim=shim, env=env)
     try:
-        if mode == "server":
+        if mode in ("server", "server_own"):
             expect_line(p, "listening")
             wait_listen(port, proc=p)
             c, _ = connect(port)
@@ -145,6 +150,10 @@ def test_socket_options_exact():
          dict(keepalive=1, keepidle=77, keepintvl=13, keepcnt=4, user_timeout=7500)),
         ("accepted, all set", "server", True, full,
          dict(keepalive=1, keepidle=77, keepintvl=13, keepcnt=4, user_timeout=7500)),
+        ("listening socket, all set", "listener", True, full,
+         dict(keepalive=1, keepidle=77, keepintvl=13, keepcnt=4, user_timeout=7500)),
+        ("accepted, listener set its own", "server_own", True, full,
+         dict(keepalive=1, keepidle=500, keepintvl=13, keepcnt=4, user_timeout=7500)),
         ("client, 2m/3s", "client", True, {"TCPKEEP_KEEPIDLE": "2m", "TCPKEEP_USER_TIMEOUT": "3s"},
          dict(keepalive=1, keepidle=120, keepintvl=kintvl, keepcnt=kcnt, user_timeout=3000)),
         ("client, defaults", "client", True, {},
@@ -162,11 +171,12 @@ def test_socket_options_exact():
     ls.listen(16)
     bad = []
     for label, mode, shim, env, want in cases:
-        got = _opts(argv, mode, free_port() if mode == "server" else port, shim, env)
+        got = _opts(argv, mode, port if mode in ("client", "own") else free_port(), shim, env)
         if got != want:
             bad.append("%s: got %s, expected %s" % (label, got, want))
     ls.close()
     if bad:
         raise Fail("; ".join(bad))
-    return "%d cases exact (e.g. 1/77/13/4/7500 with all set; program's own values win)" \
-        % len(cases)
+    return "%d cases exact (SO_KEEPALIVE/IDLE/INTVL/CNT/USER_TIMEOUT 1/77/13/4/7500 with all " \
+        "set, on connected, listening and accepted sockets; defaults; off; no shim; the " \
+        "program's own values win)" % len(cases)
