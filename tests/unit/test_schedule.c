@@ -950,6 +950,66 @@ static void test_simulated_watchdog(void **state)
     assert_true(cut > SIM_CONNS / 2);
 }
 
+/* A record cut while queued again (e.g. bound anew by cookie and watched)
+ * is dropped from the queue by collect, not handed out a second time. */
+static void test_collect_skips_cut_record(void **state)
+{
+    (void)state;
+    struct tk_candidate out[2];
+    struct tk_conn *c = conn(5, 611, T0, &policy);
+    uint64_t due = T0 + policy.slack_ns + policy.idle_ns;
+    assert_int_equal(collect(due, &policy, out, 2), 1);
+    settle(&out[0], TK_VERDICT_CUT, 0, due);
+    lock();
+    tk_queue_set(c, due); /* back in the queue by some other path */
+    unlock();
+    assert_int_equal(collect(due + SEC, &policy, out, 2), 0);
+    assert_false(queued(c));
+    assert_int_equal(c->kind, TK_KIND_CUT);
+}
+
+/* With no limit, decide never cuts and never asks to look again. */
+static void test_decide_no_limit(void **state)
+{
+    (void)state;
+    const struct tk_policy none = { 0, 12 * MS };
+    struct tk_observation obs = { .same_socket = true, .have_info = true,
+                                  .tcp_state = TCP_ESTABLISHED,
+                                  .last_data_recv_ms = 1000000, .last_data_sent_ms = 1000000 };
+    struct tk_candidate cand = { .cookie = 1, .fd = 5, .last_call_ns = T0 };
+    struct tk_decision d = tk_schedule_decide(&cand, &obs, T0 + 1000 * SEC, &none);
+    assert_int_equal(d.verdict, TK_VERDICT_WAIT);
+    assert_true(d.next_check_ns == UINT64_MAX);
+    obs.tcp_state = TCP_SYN_SENT;
+    d = tk_schedule_decide(&cand, &obs, T0 + 1000 * SEC, &none);
+    assert_int_equal(d.verdict, TK_VERDICT_WAIT);
+    assert_true(d.next_check_ns == UINT64_MAX);
+}
+
+/* A call the program made after collect counts when the watchdog decides. */
+static void test_refresh_sees_late_call(void **state)
+{
+    (void)state;
+    struct tk_candidate out[2];
+    struct tk_conn *c = conn(5, 621, T0, &policy);
+    uint64_t due = T0 + policy.slack_ns + policy.idle_ns;
+    assert_int_equal(collect(due, &policy, out, 2), 1);
+    assert_int_equal(out[0].last_call_ns, T0);
+    atomic_store(&c->last_call_ns, due); /* the program reads, outside the lock */
+    tk_schedule_refresh(&out[0]);
+    assert_int_equal(out[0].last_call_ns, due);
+    struct tk_observation obs = { .same_socket = true };
+    struct tk_decision d = tk_schedule_decide(&out[0], &obs, due + MS, &policy);
+    assert_int_equal(d.verdict, TK_VERDICT_WAIT);
+    /* A record reused for another socket is not read. */
+    out[0].last_call_ns = T0;
+    out[0].cookie = 999;
+    tk_schedule_refresh(&out[0]);
+    assert_int_equal(out[0].last_call_ns, T0);
+    out[0].cookie = 621;
+    settle(&out[0], TK_VERDICT_WAIT, due + SEC, due);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, reset, reset)
@@ -975,6 +1035,9 @@ int main(void)
         T(test_decide_without_info),
         T(test_decide_property_grid),
         T(test_simulated_watchdog),
+        T(test_collect_skips_cut_record),
+        T(test_decide_no_limit),
+        T(test_refresh_sees_late_call),
     };
     return cmocka_run_group_tests_name("schedule", tests, NULL, NULL);
 }
