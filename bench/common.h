@@ -8,7 +8,9 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -159,6 +161,63 @@ static inline const char *arg_str(int argc, char **argv, const char *name, const
         if (strcmp(argv[i], name) == 0)
             return argv[i + 1];
     return dflt;
+}
+
+/* Taking turns with other benchmark processes ("baton" mode): the driver
+ * joins the processes in a ring of pipes; a process runs one time slice of
+ * its benchmark when the byte arrives on its `in` pipe, then passes the byte
+ * on to the next one. With and without the shim then take turns every few
+ * tens of milliseconds under the same conditions, instead of run after run.
+ *   --baton IN,OUT --slices N --slice-seconds T */
+struct baton {
+    int in, out;  /* -1, -1: no ring, just N slices back to back */
+    long slices;
+    double slice_s;
+};
+
+static inline void baton_parse(int argc, char **argv, struct baton *b, double seconds)
+{
+    b->in = b->out = -1;
+    b->slices = 1;
+    b->slice_s = seconds;
+    for (int i = 1; i + 1 < argc; i++)
+        if (strcmp(argv[i], "--baton") == 0 &&
+            sscanf(argv[i + 1], "%d,%d", &b->in, &b->out) != 2)
+            die("--baton IN,OUT");
+    if (b->in >= 0) {
+        b->slices = arg_long(argc, argv, "--slices", 20);
+        b->slice_s = arg_double(argc, argv, "--slice-seconds", 0.025);
+        if (b->slices < 1 || b->slices > 100000 || b->slice_s <= 0 || b->slice_s > 60)
+            die("--slices 1..100000, --slice-seconds (0, 60]");
+    }
+}
+
+#include <poll.h>
+
+static inline void baton_take(const struct baton *b)
+{
+    if (b->in < 0)
+        return;
+    struct pollfd p = { .fd = b->in, .events = POLLIN };
+    int r;
+    do
+        r = poll(&p, 1, 120000); /* bounded: a ring whose peer died */
+    while (r < 0 && errno == EINTR);
+    char c;
+    if (r <= 0 || read(b->in, &c, 1) != 1)
+        die("baton: no turn within 120 s");
+}
+
+static inline void baton_pass(const struct baton *b)
+{
+    if (b->out < 0)
+        return;
+    char c = 'b';
+    ssize_t r;
+    do
+        r = write(b->out, &c, 1);
+    while (r < 0 && errno == EINTR);
+    /* EPIPE after the ring's last turn: nobody is left to take it. */
 }
 
 /* Read or write exactly n bytes (blocking fd); -1 on error or early EOF. */

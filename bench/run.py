@@ -42,13 +42,14 @@ import time
 # seconds for that benchmark.
 TOLERANCE = 0.005
 FULL = dict(
-    rounds=dict(min=15, max=81, budget=60),        # ping-pong
-    bulk_rounds=dict(min=15, max=81, budget=50),
-    churn_rounds=dict(min=15, max=61, budget=40),
-    nginx_rounds=dict(min=7, max=25, budget=90),
-    pp_s=0.25,        # seconds per ping-pong run
-    bulk_s=0.25,      # seconds per bulk run
-    churn_s=0.5,      # seconds per churn run
+    rounds=dict(min=9, max=61, budget=40),         # ping-pong
+    bulk_rounds=dict(min=9, max=61, budget=30),
+    churn_rounds=dict(min=9, max=61, budget=30),
+    nginx_rounds=dict(min=7, max=25, budget=60),
+    slices=16,        # ping-pong and bulk: turns per process per round
+    slice_s=0.03,     # seconds per turn
+    churn_slices=20,  # churn: turns per round, shared by the two servers
+    churn_s=1.0,      # seconds per churn round (both servers)
     churn_threads=2,
     nginx_s=2,        # wrk -d (whole seconds)
     nginx_conns=32,
@@ -63,7 +64,7 @@ FULL = dict(
 ONE = dict(min=1, max=1, budget=0)
 SMOKE = dict(
     rounds=ONE, bulk_rounds=ONE, churn_rounds=ONE, nginx_rounds=ONE,
-    pp_s=0.1, bulk_s=0.1, churn_s=0.1, churn_threads=2,
+    slices=2, slice_s=0.05, churn_slices=2, churn_s=0.2, churn_threads=2,
     nginx_s=1, nginx_conns=8, idle_target=1000, cpu_s=1.0, batch=300,
     batch_limit_ms=1000, batches=1, cg_iters=300, warmup=False,
 )
@@ -170,6 +171,69 @@ def run_json(argv, env, timeout):
         if line.startswith("{"):
             return json.loads(line)
     raise BenchError(f"{' '.join(argv)}: no result line in {r.stdout[-300:]!r}")
+
+
+def run_ring(argvs, envs, timeout):
+    """Start the processes joined in a ring of pipes (see struct baton in
+    bench/common.h), start the ring once all say "ready", and return each
+    one's JSON result."""
+    k = len(argvs)
+    pipes = [os.pipe() for _ in range(k)]
+    procs = []
+    try:
+        for i in range(k):
+            rd, wr = pipes[i][0], pipes[(i + 1) % k][1]
+            argv = argvs[i] + ["--baton", f"{rd},{wr}"]
+            procs.append(subprocess.Popen(argv, env=envs[i], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          pass_fds=(rd, wr), bufsize=0))
+        for rd, wr in pipes:  # the children have theirs
+            os.close(rd)
+        for _, wr in pipes[1:]:
+            os.close(wr)
+        kick = pipes[0][1]
+        outs = [b""] * k
+        deadline = time.monotonic() + timeout
+        started = False
+        open_fds = {p.stdout.fileno(): i for i, p in enumerate(procs)}
+        while open_fds:
+            if not started and all(b"ready\n" in o for o in outs):
+                os.write(kick, b"x")
+                os.close(kick)
+                kick = None
+                started = True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"{os.path.basename(argvs[0][0])}: ring not done in "
+                                 f"{timeout:.0f} s")
+            ready, _, _ = select.select(list(open_fds), [], [], min(left, 0.5))
+            for fd in ready:
+                data = os.read(fd, 65536)
+                if data:
+                    outs[open_fds[fd]] += data
+                else:
+                    del open_fds[fd]
+        results = []
+        for i, p in enumerate(procs):
+            p.wait(timeout=max(1, deadline - time.monotonic()))
+            err = p.stderr.read().decode(errors="replace")
+            if p.returncode != 0:
+                raise BenchError(f"{' '.join(argvs[i])}: exit {p.returncode}: {err[-300:]}")
+            lines = [l for l in outs[i].decode().splitlines() if l.startswith("{")]
+            if not lines:
+                raise BenchError(f"{' '.join(argvs[i])}: no result line")
+            results.append(json.loads(lines[-1]))
+        return results
+    finally:
+        if "kick" in locals() and kick is not None:
+            os.close(kick)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for f in (p.stdout, p.stderr):
+                if f:
+                    f.close()
 
 
 def free_port():
@@ -290,8 +354,8 @@ class Bench:
         self.rows.append((bench, figure, value, target, verdict))
 
     def alternate(self, rounds, modes, fn):
-        """fn(mode) -> (figure, cpu figure), in rounds that alternate the order of
-        the modes (none shim fwd, fwd shim none, ...): at least rounds["min"],
+        """fn(order) -> {mode: (figure, cpu figure)}, in rounds that alternate the
+        order of the modes (none shim fwd, fwd shim none, ...): at least rounds["min"],
         then more while the median shim/none ratio is not yet known to within
         +-TOLERANCE, until rounds["max"] or rounds["budget"] seconds."""
         vals = {m: [] for m in modes}
@@ -304,12 +368,18 @@ class Bench:
                 if (hi - lo) / 2 <= TOLERANCE or time.monotonic() - t0 >= rounds["budget"]:
                     break
             order = modes if r % 2 == 0 else list(reversed(modes))
+            got = fn(order)
             for m in order:
-                v, c = fn(m)
+                v, c = got[m]
                 vals[m].append(v)
                 cpu[m].append(c)
             r += 1
         return vals, cpu
+
+    @staticmethod
+    def each(one):
+        """A round function that runs `one(mode)` for each mode in turn."""
+        return lambda order: {m: one(m) for m in order}
 
     def ratio_rows(self, key, bench, figure, vals, target, better, unit, cpu=None,
                    cpu_label="CPU per operation", scale=1.0):
@@ -343,20 +413,21 @@ class Bench:
     # 1, 2: ping-pong ------------------------------------------------------
     def pingpong(self, pairs):
         key = f"pingpong{pairs}"
-        t = self.p["pp_s"]
+        p = self.p
 
-        def one(mode):
-            r = run_json([self.prog("pingpong"), "--pairs", str(pairs), "--seconds", str(t)],
-                         self.env(mode), timeout=60 + 10 * t)
-            return r["rtt_ns"], r["cpu_ns_per_rt"]
+        def round_(order):
+            argv = [self.prog("pingpong"), "--pairs", str(pairs), "--slices", str(p["slices"]),
+                    "--slice-seconds", str(p["slice_s"])]
+            res = run_ring([argv] * len(order), [self.env(m) for m in order],
+                           timeout=120 + 3 * p["slices"] * p["slice_s"] * len(order))
+            return {m: (r["rtt_ns"], r["cpu_ns_per_rt"]) for m, r in zip(order, res)}
 
-        if self.p["warmup"]:
-            for m in ("none", "shim", "fwd"):
-                one(m)
-        rounds = dict(self.p["rounds"])
+        if p["warmup"]:
+            round_(["none", "shim", "fwd"])
+        rounds = dict(p["rounds"])
         if pairs > 1 and not self.args.smoke:
             rounds["budget"] = rounds["budget"] * 7 // 6  # noisier: 16 threads on the cores
-        vals, cpu = self.alternate(rounds, ["none", "shim", "fwd"], one)
+        vals, cpu = self.alternate(rounds, ["none", "shim", "fwd"], round_)
         name = "ping-pong, 1 pair" if pairs == 1 else f"ping-pong, {pairs} pairs in {2 * pairs} threads"
         self.ratio_rows(key, name, "round-trip time", vals, 1.02, "lower", "RTT in us",
                         cpu=cpu, cpu_label="process CPU per round trip", scale=1e-3)
@@ -364,17 +435,18 @@ class Bench:
     # 3: bulk ----------------------------------------------------------------
     def bulk(self, api):
         key = f"bulk_{api}"
-        t = self.p["bulk_s"]
+        p = self.p
 
-        def one(mode):
-            r = run_json([self.prog("bulk"), "--api", api, "--seconds", str(t)],
-                         self.env(mode), timeout=60 + 10 * t)
-            return r["MBps"], r["cpu_ns_per_MB"]
+        def round_(order):
+            argv = [self.prog("bulk"), "--api", api, "--slices", str(p["slices"]),
+                    "--slice-seconds", str(p["slice_s"])]
+            res = run_ring([argv] * len(order), [self.env(m) for m in order],
+                           timeout=120 + 3 * p["slices"] * p["slice_s"] * len(order))
+            return {m: (r["MBps"], r["cpu_ns_per_MB"]) for m, r in zip(order, res)}
 
-        if self.p["warmup"]:
-            one("none")
-            one("shim")
-        vals, cpu = self.alternate(self.p["bulk_rounds"], ["none", "shim"], one)
+        if p["warmup"]:
+            round_(["none", "shim"])
+        vals, cpu = self.alternate(p["bulk_rounds"], ["none", "shim"], round_)
         label = "send/recv" if api == "send" else "writev/readv"
         self.ratio_rows(key, f"bulk 64 KiB, {label}", "throughput", vals, 0.99, "higher",
                         "MB/s", cpu=cpu, cpu_label="process CPU per MB")
@@ -424,7 +496,7 @@ class Bench:
             if self.p["warmup"]:
                 one("none")
                 one("shim")
-            vals, cpu = self.alternate(self.p["nginx_rounds"], ["none", "shim"], one)
+            vals, cpu = self.alternate(self.p["nginx_rounds"], ["none", "shim"], self.each(one))
             self.ratio_rows("nginx", "nginx + wrk, keep-alive", "requests/s", vals, 0.98,
                             "higher", "requests/s", cpu=cpu,
                             cpu_label="nginx worker CPU per request")
@@ -518,21 +590,25 @@ http {{
                 port = int(proc.readline_until(r"^port (\d+)", 10).group(1))
                 servers[mode] = (proc, port)
 
-            def one(mode):
-                c0 = proc_cpu_ns(servers[mode][0].pid)
-                r = run_json([self.prog("churn"), "client", "--port", str(servers[mode][1]),
+            def round_(order):
+                c0 = {m: proc_cpu_ns(servers[m][0].pid) for m in order}
+                r = run_json([self.prog("churn"), "client",
+                              "--ports", ",".join(str(servers[m][1]) for m in order),
                               "--seconds", str(self.p["churn_s"]),
+                              "--slices", str(self.p["churn_slices"]),
                               "--threads", str(self.p["churn_threads"])],
-                             self.env_none, timeout=60)
-                if servers[mode][0].p.poll() is not None:
-                    raise BenchError(f"churn server ({mode}) died")
-                c1 = proc_cpu_ns(servers[mode][0].pid)
-                return r["conns_per_s"], (c1 - c0) / max(1, r["conns"])
+                             self.env_none, timeout=60 + 2 * self.p["churn_s"])
+                out = {}
+                for i, m in enumerate(order):
+                    if servers[m][0].p.poll() is not None:
+                        raise BenchError(f"churn server ({m}) died")
+                    cpu = (proc_cpu_ns(servers[m][0].pid) - c0[m]) / max(1, r["conns"][i])
+                    out[m] = (r["conns_per_s"][i], cpu)
+                return out
 
             if self.p["warmup"]:
-                one("none")
-                one("shim")
-            vals, cpu = self.alternate(self.p["churn_rounds"], ["none", "shim"], one)
+                round_(["none", "shim"])
+            vals, cpu = self.alternate(self.p["churn_rounds"], ["none", "shim"], round_)
             self.ratio_rows("churn", "accept + close churn", "connections/s", vals, 0.95,
                             "higher", "connections/s", cpu=cpu,
                             cpu_label="server CPU per connection")
@@ -695,6 +771,7 @@ http {{
         kinds = {
             "tcp": ["--pairs", "1", "--kind", "tcp", "--iters"],
             "pipe": ["--pairs", "1", "--kind", "pipe", "--iters"],
+            "pipe+tcp": ["--pairs", "1", "--kind", "pipe", "--with-socket", "--iters"],
             "tcp1": ["--single", "--kind", "tcp", "--iters"],
         }
         jobs = []
@@ -709,32 +786,39 @@ http {{
         done = {}
         pending = list(jobs)
         deadline = time.monotonic() + 600
-        while pending or running:
-            while pending and len(running) < 2:
-                kind, mode, iters, out, argv = pending.pop(0)
-                if os.path.exists(out):
-                    os.unlink(out)
-                p = subprocess.Popen(argv, env=self.env(mode), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
-                running.append((p, (kind, mode, iters, out)))
-            time.sleep(0.05)
-            for p, job in list(running):
-                if p.poll() is None:
-                    if time.monotonic() > deadline:
-                        p.kill()
-                        p.wait()
-                        raise BenchError("callgrind runs took too long")
-                    continue
-                running.remove((p, job))
-                err = p.stderr.read()
-                p.stderr.close()
-                if p.returncode != 0 or not os.path.exists(job[3]):
-                    for q, _ in running:
-                        q.kill()
-                        q.wait()
-                    raise BenchError(f"callgrind {job}: exit {p.returncode}: {err[-300:]}")
-                done[job[:3]] = parse_callgrind(job[3])
+        try:
+            while pending or running:
+                while pending and len(running) < 2:
+                    kind, mode, iters, out, argv = pending.pop(0)
+                    if os.path.exists(out):
+                        os.unlink(out)
+                    p = subprocess.Popen(argv, env=self.env(mode), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         text=True)
+                    running.append((p, (kind, mode, iters, out)))
+                time.sleep(0.05)
+                for p, job in list(running):
+                    if p.poll() is None:
+                        if time.monotonic() > deadline:
+                            p.kill()
+                            p.wait()
+                            raise BenchError("callgrind runs took too long")
+                        continue
+                    running.remove((p, job))
+                    err = p.stderr.read()
+                    p.stderr.close()
+                    if p.returncode != 0 or not os.path.exists(job[3]):
+                        for q, _ in running:
+                            q.kill()
+                            q.wait()
+                        raise BenchError(f"callgrind {job}: exit {p.returncode}: {err[-300:]}")
+                    done[job[:3]] = parse_callgrind(job[3])
+        finally:
+            for q, _ in running:  # stopped early: stop what still runs, by PID
+                if q.poll() is None:
+                    q.kill()
+                    q.wait()
+
         res = {}
         for kind in kinds:
             d = {}
@@ -749,19 +833,22 @@ http {{
             if kind in ("tcp", "tcp1"):
                 res[kind]["where"] = where_cost(d, calls, self.lib)
         self.results["callgrind"] = res
-        t, p1, s1 = res["tcp"], res["pipe"], res["tcp1"]
+        t, p1, p2, s1 = res["tcp"], res["pipe"], res["pipe+tcp"], res["tcp1"]
         self.row("callgrind: ping-pong, tracked TCP socket",
                  "extra instructions per interposed call, shim",
                  f"{t['extra_shim']:.1f}", "<= 40", "PASS" if t["extra_shim"] <= 40 else "MISS")
         self.row("callgrind: ping-pong, tracked TCP socket",
                  "extra instructions per interposed call, fwd", f"{t['extra_fwd']:.1f}",
                  "(interposition only)", "info")
-        self.row("callgrind: ping-pong, pipe (untracked)",
+        self.row("callgrind: ping-pong, pipe (untracked), no socket in the process",
                  "extra instructions per interposed call, shim",
                  f"{p1['extra_shim']:.1f}", "<= 12", "PASS" if p1["extra_shim"] <= 12 else "MISS")
-        self.row("callgrind: ping-pong, pipe (untracked)",
+        self.row("callgrind: ping-pong, pipe (untracked), no socket in the process",
                  "extra instructions per interposed call, fwd", f"{p1['extra_fwd']:.1f}",
                  "(interposition only)", "info")
+        self.row("callgrind: ping-pong, pipe (untracked), beside a tracked socket",
+                 "extra instructions per interposed call, shim",
+                 f"{p2['extra_shim']:.1f}", "<= 12", "PASS" if p2["extra_shim"] <= 12 else "MISS")
         self.row("callgrind: single-threaded TCP ping-pong",
                  "extra instructions per call, shim (see note)", f"{s1['extra_shim']:.1f}",
                  "(information)", "info")
@@ -984,6 +1071,11 @@ def main():
             print(f"bench: {path}: not found (run make)", file=sys.stderr)
             return 1
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+
+    def stop(signum, frame):  # unwind, so that every started process is stopped
+        raise SystemExit(f"bench: signal {signum}")
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     if not args.no_nice:
         # Other work on a shared machine disturbs the figures less when the
         # benchmarks (with and without the shim alike) run at a higher priority.
