@@ -7,7 +7,8 @@
 # Exit status: 0 everything present (or installed), 1 something missing
 # that could not be installed.
 
-PACKAGES="build-essential uthash-dev libcmocka-dev netcat-openbsd socat iproute2 python3 procps strace valgrind"
+PACKAGES="build-essential uthash-dev libcmocka-dev netcat-openbsd socat iproute2 python3 procps strace valgrind
+redis-server redis-tools nginx-light memcached wrk curl"
 
 me=install-deps
 
@@ -29,6 +30,12 @@ provided() {
     procps)          command -v ps && command -v pgrep ;;
     strace)          command -v strace ;;
     valgrind)        command -v valgrind ;;
+    redis-server)    command -v redis-server ;;
+    redis-tools)     command -v redis-benchmark ;;
+    nginx-light)     command -v nginx || [ -x /usr/sbin/nginx ] ;;
+    memcached)       command -v memcached || [ -x /usr/sbin/memcached ] ;;
+    wrk)             command -v wrk ;;
+    curl)            command -v curl ;;
     *)               false ;;
     esac >/dev/null 2>&1
 }
