@@ -5,15 +5,24 @@
 #include <cpuid.h>
 #endif
 
-atomic_bool tk_stamp_use_tsc;
+/* How stamps are read: nanoseconds (before init, and off x86-64), the
+ * calibrated TSC, or not at all (the TSC is not to be trusted). */
+enum { STAMPS_NS, STAMPS_TSC, STAMPS_IGNORED };
+static int stamps = STAMPS_NS;
 
 /* Calibration: a first point at load, the latest at the watchdog's last
  * tk_clock_now(). Written by the watchdog only (and tk_clock_init). */
 static uint64_t base_tsc, base_ns;
 static uint64_t ref_tsc, ref_ns;
 static double ns_per_tick;
-/* When the TSC was found unreliable: TSC stamps count as no older. */
+/* When the TSC was found unreliable: every stamp counts as no older. */
 static uint64_t distrusted_at_ns;
+
+static void distrust(uint64_t now_ns)
+{
+    stamps = STAMPS_IGNORED;
+    distrusted_at_ns = now_ns;
+}
 
 /* Disagreement between the TSC and CLOCK_MONOTONIC that we tolerate, and
  * the shortest interval over which we measure it. */
@@ -48,14 +57,23 @@ void tk_clock_init(void)
     sample(&base_tsc, &base_ns);
     ref_tsc = base_tsc;
     ref_ns = base_ns;
-    atomic_store(&tk_stamp_use_tsc, invariant_tsc());
+#if defined(__x86_64__)
+    stamps = STAMPS_TSC;
+    if (!invariant_tsc())
+        distrust(base_ns);
+#endif
+}
+
+bool tk_clock_stamps_ignored(void)
+{
+    return stamps == STAMPS_IGNORED;
 }
 
 uint64_t tk_clock_now(void)
 {
     uint64_t tsc, ns;
     sample(&tsc, &ns);
-    if (atomic_load_explicit(&tk_stamp_use_tsc, memory_order_relaxed)) {
+    if (stamps == STAMPS_TSC) {
         bool sane = tsc > base_tsc && ns > base_ns;
         if (sane && ns - base_ns >= TK_TSC_CHECK_MIN_NS) {
             double lifetime = (double)(ns - base_ns) / (double)(tsc - base_tsc);
@@ -68,10 +86,8 @@ uint64_t tk_clock_now(void)
             if (sane)
                 ns_per_tick = lifetime;
         }
-        if (!sane) {
-            atomic_store(&tk_stamp_use_tsc, false);
-            distrusted_at_ns = ns;
-        }
+        if (!sane)
+            distrust(ns);
     }
     ref_tsc = tsc;
     ref_ns = ns;
@@ -80,11 +96,11 @@ uint64_t tk_clock_now(void)
 
 uint64_t tk_stamp_to_ns(uint64_t stamp)
 {
-    if (!(stamp & TK_STAMP_TSC))
+    if (stamps == STAMPS_NS)
         return stamp;
-    if (distrusted_at_ns)
+    if (stamps == STAMPS_IGNORED)
         return distrusted_at_ns;
-    uint64_t tsc = stamp & ~TK_STAMP_TSC;
+    uint64_t tsc = stamp;
     if (tsc >= ref_tsc)
         return ref_ns; /* taken on another CPU a hair ahead: "now" */
     double per_tick = ns_per_tick;

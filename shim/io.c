@@ -45,17 +45,16 @@ static inline void touch(int fd)
  * name:          the common case, bound and untracked: a tail call.
  * name_tracked:  calls the real function, then stamps the record (the extra
  *                arguments come last, so the call's own stay in their
- *                registers). If the fd
- *                was closed and its record reused while the call blocked,
- *                the cookie no longer matches and nothing is stamped.
+ *                registers). If the fd was closed and its record reused for
+ *                another connection while the call blocked, that one gets
+ *                the stamp: it may be cut later than due, never earlier.
  * name_unbound:  a call made before the real function is bound. */
 #define WRAP(type, name, field, params, args, fallback)                         \
     static __attribute__((noinline)) type name##_tracked(                      \
         TK_UNPAREN params, struct tk_conn *c, __typeof__(tk_real.field) real)  \
     {                                                                          \
-        uint64_t cookie = __atomic_load_n(&c->cookie, __ATOMIC_RELAXED);       \
         type r = real args;                                                    \
-        if (r > 0 && __atomic_load_n(&c->cookie, __ATOMIC_RELAXED) == cookie)  \
+        if (r > 0)                                                             \
             stamp(c);                                                          \
         return r;                                                              \
     }                                                                          \

@@ -17,8 +17,7 @@ static bool hash_oom;
 
 #include "table.h"
 
-static struct tk_slots no_slots; /* len 0: every fd untracked */
-struct tk_slots *_Atomic tk_slots = &no_slots;
+_Atomic(struct tk_conn *) tk_slot[TK_MAX_FD];
 bool tk_table_oom;
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -83,47 +82,9 @@ static void record_free(struct tk_conn *c)
     record_count--;
 }
 
-static size_t slots_bytes(uint64_t len)
+static _Atomic(struct tk_conn *) *slot_ref(int fd)
 {
-    return sizeof(struct tk_slots) + len * sizeof(_Atomic(struct tk_conn *));
-}
-
-/* Grow the slots to cover fd: copy the bound ones into a block twice as
- * big, then publish it. The old block stays mapped for hot-path readers. */
-static bool grow_slots(unsigned fd)
-{
-    struct tk_slots *old = atomic_load_explicit(&tk_slots, memory_order_relaxed);
-    uint64_t len = old->len ? old->len : 1024;
-    while (len <= fd)
-        len *= 2;
-    if (len > TK_MAX_FD)
-        len = TK_MAX_FD;
-    struct tk_slots *s = tk_mem_alloc(slots_bytes(len));
-    if (!s) {
-        tk_table_oom = true;
-        return false;
-    }
-    s->len = len;
-    for (int i = 0; i <= max_bound_fd && (uint64_t)i < old->len; i++)
-        atomic_store_explicit(&s->slot[i],
-                              atomic_load_explicit(&old->slot[i], memory_order_relaxed),
-                              memory_order_relaxed);
-    atomic_store_explicit(&tk_slots, s, memory_order_release);
-    return true;
-}
-
-static _Atomic(struct tk_conn *) *slot_ref(int fd, bool create)
-{
-    unsigned u = (unsigned)fd;
-    if (u >= TK_MAX_FD)
-        return NULL;
-    struct tk_slots *s = atomic_load_explicit(&tk_slots, memory_order_relaxed);
-    if (u >= s->len) {
-        if (!create || !grow_slots(u))
-            return NULL;
-        s = atomic_load_explicit(&tk_slots, memory_order_relaxed);
-    }
-    return &s->slot[u];
+    return (unsigned)fd < TK_MAX_FD ? &tk_slot[(unsigned)fd] : NULL;
 }
 
 /* Any other descriptor still bound to `c`, for when its current one goes. */
@@ -162,7 +123,7 @@ static void unbind_slot(int fd, _Atomic(struct tk_conn *) *slot)
 
 bool tk_table_unbind(int fd)
 {
-    _Atomic(struct tk_conn *) *slot = slot_ref(fd, false);
+    _Atomic(struct tk_conn *) *slot = slot_ref(fd);
     if (!slot || !atomic_load_explicit(slot, memory_order_relaxed))
         return false;
     unbind_slot(fd, slot);
@@ -181,7 +142,7 @@ void tk_table_unbind_range(unsigned first, unsigned last)
 
 void tk_table_unbind_if(int fd, struct tk_conn *c)
 {
-    _Atomic(struct tk_conn *) *slot = slot_ref(fd, false);
+    _Atomic(struct tk_conn *) *slot = slot_ref(fd);
     if (slot && atomic_load_explicit(slot, memory_order_relaxed) == c)
         unbind_slot(fd, slot);
 }
@@ -195,7 +156,7 @@ struct tk_conn *tk_table_find(uint64_t cookie)
 
 struct tk_conn *tk_table_bind(int fd, uint64_t cookie, enum tk_kind kind, uint64_t now_ns)
 {
-    _Atomic(struct tk_conn *) *slot = slot_ref(fd, true);
+    _Atomic(struct tk_conn *) *slot = slot_ref(fd);
     if (!slot)
         return NULL;
     unbind_slot(fd, slot);
@@ -235,13 +196,13 @@ void tk_table_dup(int oldfd, int newfd)
 {
     if (oldfd == newfd) /* dup2(fd, fd) changes nothing */
         return;
-    _Atomic(struct tk_conn *) *slot = slot_ref(newfd, false);
+    _Atomic(struct tk_conn *) *slot = slot_ref(newfd);
     if (slot)
         unbind_slot(newfd, slot);
     struct tk_conn *c = tk_slot_get(oldfd);
     if (!c)
         return;
-    slot = slot_ref(newfd, true);
+    slot = slot_ref(newfd);
     if (!slot)
         return;
     c->refs++;

@@ -45,25 +45,20 @@ struct tk_conn {
     UT_hash_handle hh;
 };
 
-/* The fd-indexed slots: one block, grown by doubling on the cold path.
- * A grown block replaces the old one, which is never unmapped (the hot path
- * may still be reading it). fds at or above TK_MAX_FD are never tracked. */
-#define TK_MAX_FD (1u << 24)
+/* The fd-indexed slots: one fixed array covering Linux's default limit on
+ * open files (nr_open, 2^20), zero pages until used, so the hot path needs
+ * no length load and the array never moves. fds at or above TK_MAX_FD are
+ * never tracked (passed through). */
+#define TK_MAX_FD (1u << 20)
 
-struct tk_slots {
-    uint64_t len;                  /* number of slots */
-    _Atomic(struct tk_conn *) slot[];
-};
+extern _Atomic(struct tk_conn *) tk_slot[TK_MAX_FD];
 
-extern struct tk_slots *_Atomic tk_slots;
-
-/* The hot path: fd -> record or NULL, with atomic loads only. */
+/* The hot path: fd -> record or NULL, with one atomic load. */
 static inline struct tk_conn *tk_slot_get(int fd)
 {
-    struct tk_slots *s = atomic_load_explicit(&tk_slots, memory_order_acquire);
-    if ((uint64_t)(unsigned)fd >= s->len)
+    if ((unsigned)fd >= TK_MAX_FD)
         return NULL;
-    return atomic_load_explicit(&s->slot[(unsigned)fd], memory_order_acquire);
+    return atomic_load_explicit(&tk_slot[(unsigned)fd], memory_order_acquire);
 }
 
 /* Lock with every signal blocked; `old` receives the mask to restore. */

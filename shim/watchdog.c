@@ -112,8 +112,20 @@ static void cut(int fd, int d, uint64_t idle_ns)
     }
 }
 
+/* Said once: from now on only the kernel's TCP_INFO tells activity. */
+static void warn_if_stamps_ignored(void)
+{
+    static bool said;
+    if (!said && tk_clock_stamps_ignored()) {
+        said = true;
+        tk_log(TK_LOG_WARN, "the CPU's time stamp counter is not reliable here: idle "
+               "time is judged from the kernel's TCP_INFO alone");
+    }
+}
+
 static void check_batch(struct tk_candidate *batch, struct tk_decision *decisions, unsigned n)
 {
+    warn_if_stamps_ignored();
     for (unsigned i = 0; i < n; i++) {
         struct tk_observation obs;
         int d;

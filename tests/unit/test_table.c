@@ -633,32 +633,6 @@ static void test_random_against_model(void **state)
 /* ---------------------------------------------------------------------------
  * Out of memory: nothing new is tracked, nothing old is lost */
 
-static void test_oom_slot_chunk(void **state)
-{
-    (void)state;
-    struct tk_conn *c = t_bind(90, 10001, TK_KIND_CONN, 1);
-    int far = 1 << 22; /* beyond every fd bound so far: slots must grow */
-    alloc_fail = true;
-    assert_null(t_bind(far, 10002, TK_KIND_CONN, 1));
-    assert_true(tk_table_oom);
-    assert_null(tk_slot_get(far));
-    assert_null(find(10002));
-    tk_table_oom = false;
-    dup_fd(90, far); /* dup into the chunk that cannot be made */
-    assert_true(tk_table_oom);
-    assert_int_equal(c->refs, 1);
-    assert_null(tk_slot_get(far));
-    assert_int_equal(count(), 1);
-    alloc_fail = false;
-    tk_table_oom = false;
-    dup_fd(90, far);
-    assert_ptr_equal(tk_slot_get(far), c);
-    assert_int_equal(c->refs, 2);
-    assert_true(unbind(90));
-    assert_int_equal(c->fd, far);
-}
-
-/* The empty table has no hash buckets: the first record cannot be hashed. */
 static void test_oom_hash(void **state)
 {
     (void)state;
@@ -846,7 +820,6 @@ int main(void)
         T(test_records_recycled),
         T(test_unbind_dequeues),
         T(test_random_against_model),
-        T(test_oom_slot_chunk),
         T(test_oom_hash),
         T(test_oom_many),
         T(test_oom_queue),
