@@ -329,85 +329,139 @@ class Control(Client):
     """An idle client of the unshimmed twin: it must still be open, and
     still served, after the window in which the shimmed one was cut."""
 
-    def check(self, what, exchange=None, at_least=LIMIT + CUT_SLACK + 0.5):
+    def check(self, what, proto=None, at_least=LIMIT + CUT_SLACK + 0.5):
         left = self.t0 + at_least - time.monotonic()
         end, _, how = wait_eof(self.sock, max(left, 0.02))
         age = time.monotonic() - self.t0
         if end is not None:
             raise Fail("%s without the shim ended (%s) %.3f s after connecting: the control "
                        "is broken" % (what, how, end - self.t0))
-        if exchange is not None:
+        if proto is not None:
             try:
-                exchange(self, 0)
+                proto.exchange(self, 0)
             except Ended as e:
                 raise Fail("%s without the shim: ended (%s) at its first request %.3f s "
                            "after connecting" % (what, e, age))
         return "without the shim, %s still open%s after %.2f s" % (
-            what, " and served" if exchange else "", age)
+            what, " and served" if proto else "", age)
 
 
-class Active(threading.Thread):
-    """One request/response (`exchange(client, i)`) every `period` s for
-    `duration` s on one connection; records how many, the longest silence,
-    and whether the peer ended it or answered wrong."""
+class Proto:
+    """A request/response pair of a program's protocol: request(c, i) gives
+    the bytes of request i, reply(c, i) reads and checks its answer (Fail
+    if wrong). Requests may be pipelined."""
 
-    def __init__(self, port, exchange, period=PERIOD, duration=ACTIVE_FOR, host="127.0.0.1"):
-        threading.Thread.__init__(self, daemon=True)
+    def __init__(self, request, reply):
+        self.request, self.reply = request, reply
+
+    def exchange(self, c, i):
+        c.send(self.request(c, i))
+        self.reply(c, i)
+
+
+class Active:
+    """Sends request i every `period` s for `duration` s on one connection,
+    without waiting for the answers (pipelined), while a reader checks every
+    answer in order. The client's own traffic thus never pauses for longer
+    than `period`, even when a loaded machine makes the program slow to
+    answer: the kernel's view keeps the connection active. Records how many
+    answers came right, the longest wait for one, and whether the peer ended
+    the connection or answered wrong."""
+
+    def __init__(self, port, proto, period=PERIOD, duration=ACTIVE_FOR, host="127.0.0.1"):
         self.client = Client(port, host)
-        self.exchange, self.period, self.duration = exchange, period, duration
-        self.count = 0
-        self.max_gap = 0.0
+        self.client.sock.settimeout(duration + 10)
+        self.proto, self.period, self.duration = proto, period, duration
+        self.sent = self.answered = 0
+        self.max_wait = 0.0
         self.ended = self.error = None
-        self.start()
+        self._sent_at = {}
+        self._lock = threading.Lock()
+        self._queue = []
+        self._cv = threading.Condition(self._lock)
+        self._done = False
+        self.threads = [threading.Thread(target=self._send, daemon=True),
+                        threading.Thread(target=self._read, daemon=True)]
+        for t in self.threads:
+            t.start()
 
-    def run(self):
+    def _fail(self, kind, msg):
+        with self._lock:
+            if self.ended is None and self.error is None:
+                setattr(self, kind, msg)
+            self._done = True
+            self._cv.notify_all()
+
+    def _send(self):
+        c = self.client
+        stop = c.t0 + self.duration
+        i = 0
         try:
-            self._loop()
+            while time.monotonic() < stop:
+                t = time.monotonic()
+                with self._lock:
+                    if self._done:
+                        return
+                    self._sent_at[i] = t
+                c.send(self.proto.request(c, i))
+                with self._lock:
+                    self.sent = i + 1
+                    self._cv.notify_all()
+                i += 1
+                time.sleep(max(0.0, min(t + self.period, stop) - time.monotonic()))
+        except Ended as e:
+            self._fail("ended", "ended (%s) at request %d, %.3f s after connecting"
+                       % (e, i, time.monotonic() - c.t0))
+        except Exception as e:  # noqa: B902
+            self._fail("error", "sending request %d: %s: %s" % (i, type(e).__name__, e))
+        finally:
+            with self._lock:
+                self._done = True
+                self._cv.notify_all()
+
+    def _read(self):
+        c = self.client
+        i = 0
+        try:
+            while True:
+                with self._lock:
+                    while i >= self.sent and not self._done:
+                        self._cv.wait(1.0)
+                    if i >= self.sent:
+                        return
+                self.proto.reply(c, i)
+                now = time.monotonic()
+                with self._lock:
+                    self.max_wait = max(self.max_wait, now - self._sent_at[i])
+                    self.answered = i + 1
+                i += 1
+        except Ended as e:
+            self._fail("ended", "ended (%s) %.3f s after connecting, waiting for answer %d "
+                       "(sent %.3f s before)" % (e, time.monotonic() - c.t0, i,
+                                                 time.monotonic() - self._sent_at[i]))
+        except Fail as e:
+            self._fail("error", "answer %d: %s" % (i, e))
+        except Exception as e:  # noqa: B902 (a protocol surprise is a failure)
+            self._fail("error", "answer %d: %s: %s" % (i, type(e).__name__, e))
         finally:
             self.client.close()   # at once: left open, it would (rightly) be cut
 
-    def _loop(self):
-        c = self.client
-        stop = c.t0 + self.duration
-        last = c.t0
-        i = 0
-        while True:
-            t = time.monotonic()
-            if t >= stop:
-                break
-            try:
-                self.exchange(c, i)
-            except Ended as e:
-                self.ended = "ended (%s) %.3f s after connecting, %.3f s after its last " \
-                             "answer" % (e, time.monotonic() - c.t0, time.monotonic() - last)
-                return
-            except Fail as e:
-                self.error = "request %d: %s" % (i, e)
-                return
-            except Exception as e:  # noqa: B902 (a protocol surprise is a failure)
-                self.error = "request %d: %s: %s" % (i, type(e).__name__, e)
-                return
-            now = time.monotonic()
-            self.max_gap = max(self.max_gap, now - last)
-            last = now
-            self.count += 1
-            i += 1
-            time.sleep(max(0.0, min(t + self.period, stop) - time.monotonic()))
-
     def check(self, what):
-        self.join(self.duration + 10)
+        for t in self.threads:
+            t.join(self.duration + 15)
         self.client.close()
-        if self.is_alive():
-            raise Fail("%s: still running after %g s" % (what, self.duration + 10))
+        if any(t.is_alive() for t in self.threads):
+            raise Fail("%s: still running after %g s" % (what, self.duration + 15))
         if self.ended:
-            raise Fail("%s (a request every %g s, limit %g s) %s after %d good answers"
-                       % (what, self.period, LIMIT, self.ended, self.count))
+            raise Fail("%s (a request every %g s, limit %g s) %s, after %d right answers"
+                       % (what, self.period, LIMIT, self.ended, self.answered))
         if self.error:
             raise Fail("%s: wrong answer: %s" % (what, self.error))
-        if self.count < 3:
-            raise Fail("%s: only %d answers in %g s" % (what, self.count, self.duration))
-        return "%s kept: %d good answers over %g s, longest silence %.2f s" % (
-            what, self.count, self.duration, self.max_gap)
+        if self.answered != self.sent or self.sent < 3:
+            raise Fail("%s: %d answers to %d requests in %g s" % (what, self.answered, self.sent,
+                                                                  self.duration))
+        return "%s kept: %d requests over %g s, all answered right (slowest answer %.3f s)" % (
+            what, self.sent, self.duration, self.max_wait)
 
 
 # --------------------------------------------------------------------------
@@ -438,6 +492,13 @@ def shim_log(path):
     return cuts, other
 
 
+def log_summary(path):
+    """The shim's log in brief, for a failure's message."""
+    cuts, other = shim_log(path)
+    return "the shim logged %d cut(s) (pid, local port, peer port, idle s): %s%s" % (
+        len(cuts), cuts[:6], "; and: %r" % other[:4] if other else "")
+
+
 def check_shim_log(path, idle_ports, extra_cuts=0, extra_peer=None):
     """The shim logged a cut of each idle client's connection (by its port)
     and of nothing else but up to `extra_cuts` connections to `extra_peer`
@@ -463,10 +524,9 @@ def check_shim_log(path, idle_ports, extra_cuts=0, extra_peer=None):
 # --------------------------------------------------------------------------
 # HTTP/1.1, just enough for a keep-alive client
 
-def http_get(c, path, host="localhost"):
-    """GET path on Client c (keep-alive): (status, headers dict, body)."""
-    c.send(("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tcpkeep-test\r\n\r\n"
-            % (path, host)).encode())
+def http_reply(c):
+    """Read one HTTP/1.1 answer with a Content-Length on Client c:
+    (status, headers dict, body)."""
     status = c.readline().decode("latin-1").rstrip("\r\n")
     parts = status.split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
@@ -479,18 +539,23 @@ def http_get(c, path, host="localhost"):
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
     if "content-length" not in headers:
-        raise Fail("no Content-Length in the answer to GET %s: %r" % (path, headers))
+        raise Fail("no Content-Length in the answer: %r" % headers)
     body = c.readexact(int(headers["content-length"]))
     return int(parts[1]), headers, body
 
 
-def http_exchange(path, expected):
-    def exchange(c, i):
-        st, _, body = http_get(c, path)
+def http_proto(path, expected, host="localhost"):
+    """GET path on a keep-alive connection; the answer must be the file."""
+    def request(c, i):
+        return ("GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: tcpkeep-test\r\n\r\n"
+                % (path, host)).encode()
+
+    def reply(c, i):
+        st, _, body = http_reply(c)
         if st != 200 or body != expected:
             raise Fail("GET %s: status %d, %d bytes, expected 200 and the file's %d bytes"
                        % (path, st, len(body), len(expected)))
-    return exchange
+    return Proto(request, reply)
 
 
 def make_tmpdir():

@@ -23,8 +23,9 @@ import time
 import realprog
 from helpers import (CUT_SLACK, PYTHON, Fail, Skip, check, cut_window, free_port,
                      handshake_time, run, spawn, timeout, wait_eof)
-from realprog import (LIMIT, Active, Client, Control, Ended, Idle, check_shim_log, debian_python,
-                      find_prog, http_exchange, make_tmpdir, start_server, stop)
+from realprog import (LIMIT, Active, Client, Control, Ended, Idle, Proto, check_shim_log,
+                      debian_python, find_prog, http_proto, log_summary, make_tmpdir,
+                      start_server, stop)
 
 WINDOW = LIMIT + CUT_SLACK + 1.0   # how long an idle client waits for its end
 
@@ -58,21 +59,25 @@ def write_random(path, size, seed):
     return data
 
 
-def matrix(name, port, ctl_port, exchange, workload, log, backend=None):
+def matrix(name, port, ctl_port, proto, workload, log, backend=None):
     """The common part: idle + active clients on the shimmed program and an
     idle one on its unshimmed twin while `workload()` runs (it returns a
     description, or raises Fail); then every check. (The idle client's
     port, a description.)"""
     idle = Idle(port, WINDOW)
     ctl = Control(ctl_port) if ctl_port else None
-    act = Active(port, exchange)
-    t = time.monotonic()
-    wmsg = workload()
-    wdur = time.monotonic() - t
-    idle_msg = idle.check_cut("idle client")
-    act_msg = act.check("active client")
-    ctl_msg = ctl.check("an idle client", exchange) if ctl else None
-    log_msg = check_shim_log(log, [idle.lport], *(backend or ()))
+    act = Active(port, proto)
+    try:
+        t = time.monotonic()
+        wmsg = workload()
+        wdur = time.monotonic() - t
+        idle_msg = idle.check_cut("idle client")
+        act_msg = act.check("active client")
+        ctl_msg = ctl.check("an idle client", proto) if ctl else None
+        log_msg = check_shim_log(log, [idle.lport], *(backend or ()))
+    except Fail as e:
+        raise Fail("%s: %s [idle client port %d, active client port %d; %s]"
+                   % (name, e, idle.lport, act.client.lport, log_summary(log)))
     for c in (idle, ctl):
         if c:
             c.close()
@@ -115,14 +120,21 @@ def redis_cmd(c, *args):
     return resp_reply(c)
 
 
-def redis_exchange(c, i):
-    """PING, then ECHO of a payload that changes every time."""
-    if redis_cmd(c, "PING") != b"PONG":
+def _redis_payload(c, i):
+    return ("tcpkeep-%d-%d-" % (c.lport, i)).encode() * 20
+
+
+def _redis_reply(c, i):
+    if resp_reply(c) != b"PONG":
         raise Fail("PING did not get PONG")
-    payload = ("tcpkeep-%d-%d-" % (c.lport, i)).encode() * 20
-    got = redis_cmd(c, "ECHO", payload)
-    if got != payload:
-        raise Fail("ECHO returned %r..., expected %r..." % (got and got[:40], payload[:40]))
+    got = resp_reply(c)
+    if got != _redis_payload(c, i):
+        raise Fail("ECHO returned %r..., expected %r..." % (got and got[:40],
+                                                          _redis_payload(c, i)[:40]))
+
+
+# PING, then ECHO of a payload that changes every time.
+REDIS = Proto(lambda c, i: resp("PING") + resp("ECHO", _redis_payload(c, i)), _redis_reply)
 
 
 BENCH_N = 10000
@@ -180,7 +192,7 @@ def test_real_redis_benchmark():
             return "redis-benchmark %s" % " ".join(
                 "%s %d" % (k, v) for k, v in sorted(got[True]["completed"].items()))
 
-        _, msg = matrix("redis-server", ports[True], ports[False], redis_exchange, workload,
+        _, msg = matrix("redis-server", ports[True], ports[False], REDIS, workload,
                      os.path.join(d, "redis-shim.tcpkeep.log"))
         got[False] = redis_bench(bench, ports[False])
         check_alive("redis-server", *procs)
@@ -297,7 +309,7 @@ def test_real_nginx():
             return ("wrk %s requests in %s s, no error; 3 curl fetches of the 4 MB file, "
                     "sha256 %s... as the file" % (m.group(1), m.group(2), sha(big)[:12]))
 
-        _, msg = matrix("nginx", ports[True], ports[False], http_exchange("/small.bin", small),
+        _, msg = matrix("nginx", ports[True], ports[False], http_proto("/small.bin", small),
                      workload, os.path.join(dirs[True], "nginx.tcpkeep.log"))
         check_alive("nginx", *procs)
         for shim in (True, False):
@@ -357,19 +369,28 @@ print(json.dumps({"ok": sum(v[0] for v in res.values()), "bad": sum(v[1] for v i
 """
 
 
-def memcached_exchange(c, i):
-    val = (b"%d:%d:" % (c.lport, i)) * (1 + i * 37 % 200)
-    key = b"active:%d" % c.lport
-    c.send(b"set %s 7 0 %d\r\n%s\r\n" % (key, len(val), val))
+def _mc_val(c, i):
+    return (b"%d:%d:" % (c.lport, i)) * (1 + i * 37 % 200)
+
+
+def _mc_request(c, i):
+    key, val = b"active:%d:%d" % (c.lport, i), _mc_val(c, i)
+    return b"set %s 7 0 %d\r\n%s\r\nget %s\r\n" % (key, len(val), val, key)
+
+
+def _mc_reply(c, i):
+    key, val = b"active:%d:%d" % (c.lport, i), _mc_val(c, i)
     r = c.readline()
     if r != b"STORED\r\n":
         raise Fail("set: %r" % r)
-    c.send(b"get %s\r\n" % key)
     hdr = c.readline()
     if hdr != b"VALUE %s 7 %d\r\n" % (key, len(val)):
         raise Fail("get: %r" % hdr)
     if c.readexact(len(val) + 2) != val + b"\r\n" or c.readline() != b"END\r\n":
         raise Fail("get returned a different value")
+
+
+MEMCACHED = Proto(_mc_request, _mc_reply)   # set a value, get it back
 
 
 @timeout(60)
@@ -403,7 +424,7 @@ def test_real_memcached():
                   "memcached workload: %s" % r)
             return "%d set/get round trips and 800 incr, all values right" % r["ok"]
 
-        _, msg = matrix("memcached", ports[True], ports[False], memcached_exchange, workload,
+        _, msg = matrix("memcached", ports[True], ports[False], MEMCACHED, workload,
                      os.path.join(d, "memcached-shim.tcpkeep.log"))
         check_alive("memcached", *procs)
         return msg
@@ -448,12 +469,17 @@ print(json.dumps({"conns": len(res), "bytes": sum(v[0] for v in res.values()),
 """
 
 
-def line_echo(c, i):
-    line = b"line %d from %d %s\n" % (i, c.lport, b"y" * (i * 13 % 300))
-    c.send(line)
+def _line(c, i):
+    return b"line %d from %d %s\n" % (i, c.lport, b"y" * (i * 13 % 300))
+
+
+def _line_reply(c, i):
     got = c.readline()
-    if got != line:
-        raise Fail("echoed %r, sent %r" % (got[:60], line[:60]))
+    if got != _line(c, i):
+        raise Fail("echoed %r, sent %r" % (got[:60], _line(c, i)[:60]))
+
+
+LINE_ECHO = Proto(_line, _line_reply)
 
 
 @timeout(60)
@@ -490,7 +516,7 @@ def test_real_socat_forking_proxy():
             return "%d clients echoed %d MB each through the proxy, sha256 intact" % (
                 r["good"], r["size"] >> 20)
 
-        _, msg = matrix("socat proxy", ports[True], ports[False], line_echo, workload,
+        _, msg = matrix("socat proxy", ports[True], ports[False], LINE_ECHO, workload,
                      os.path.join(d, "socat-shim.tcpkeep.log"), backend=(1, bport))
         check_alive("socat", *procs)
         return msg
@@ -542,7 +568,7 @@ def test_real_python_http_server():
                 sha(big)[:12])
 
         _, msg = matrix("python3 http.server", ports[True], ports[False],
-                     http_exchange("/small.bin", small), workload,
+                     http_proto("/small.bin", small), workload,
                      os.path.join(d, "http-shim.tcpkeep.log"))
         check_alive("python3 http.server", *procs)
         return msg + " (%s)" % py
@@ -648,7 +674,7 @@ def test_real_python_asyncio_server():
             check(r["ok"] == r["expected"] and r["conns"] == 6, "asyncio workload: %s" % r)
             return "%d echoes and bulk answers, all right" % r["ok"]
 
-        lport, msg = matrix("python3 asyncio server", ports[True], ports[False], line_echo,
+        lport, msg = matrix("python3 asyncio server", ports[True], ports[False], LINE_ECHO,
                             workload, os.path.join(d, "asyncio-shim.tcpkeep.log"))
         check_alive("asyncio server", *procs)
         with open(os.path.join(d, "asyncio-shim.out")) as f:
@@ -697,10 +723,10 @@ def test_real_nc_server():
     d = make_tmpdir()
     down = write_random(os.path.join(d, "down.bin"), 1 << 20, 5)
     procs = []
+    log_a, log_b = os.path.join(d, "nc-a.tcpkeep.log"), os.path.join(d, "nc-b.tcpkeep.log")
     try:
         # the busy one
         port = free_port()
-        log_a = os.path.join(d, "nc-a.tcpkeep.log")
         with open(os.path.join(d, "down.bin"), "rb") as fin, \
                 open(os.path.join(d, "up.out"), "wb") as fout:
             a = spawn([nc, "-l", "127.0.0.1", str(port)], env=realprog.shim_env(log_a),
@@ -760,13 +786,16 @@ def test_real_nc_server():
         except subprocess.TimeoutExpired:
             raise Fail("%s, but nc -l did not exit within 2 s" % idle_msg)
         ctl_msg = ctl.check("an idle client")
-        log_msg = check_shim_log(os.path.join(d, "nc-b.tcpkeep.log"), [idle.lport])
+        log_msg = check_shim_log(log_b, [idle.lport])
         cuts, other = realprog.shim_log(log_a)
         check(not cuts and not other, "the shim cut the busy nc connection: %s %s"
               % (cuts, other))
         return ("busy nc -l: 1 MB down and 480 KB up paced over %.1f s, both sha256 intact, "
                 "never cut; %s, nc exited %d; %s; %s" % (t_shut - busy.t0, idle_msg, brc,
                                                          log_msg, ctl_msg))
+    except Fail as e:
+        raise Fail("%s [busy nc -l: %s; idle nc -l: %s]" % (e, log_summary(log_a),
+                                                          log_summary(log_b)))
     finally:
         for p in procs:
             stop(p)
@@ -881,6 +910,10 @@ def test_real_nc_client():
                 "never cut; %s (seen as %s by the server), nc exited %d; %s; without the "
                 "shim, the idle nc still connected after %.2f s"
                 % (got["t"] - t_up, idle_msg, how_b, brc, log_msg, ctl_age))
+    except Fail as e:
+        raise Fail("%s [busy nc: %s; idle nc: %s]" % (
+            e, log_summary(os.path.join(d, "nc-a.tcpkeep.log")),
+            log_summary(os.path.join(d, "nc-b.tcpkeep.log"))))
     finally:
         for p in procs:
             stop(p)
