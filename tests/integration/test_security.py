@@ -174,7 +174,7 @@ def _run_probe(argv, what, limit=15):
     return f, err
 
 
-def test_setuid_ignores_environment():
+def test_security_setuid_ignores_environment():
     """A set-user-ID-root program run by uid 65534 with LD_PRELOAD naming a
     set-user-ID copy of the library in the system directory (the only way
     ld.so preloads into it): the library is loaded (keepalive on) but every
@@ -327,7 +327,7 @@ def _via_ld_so_preload(probe, suid, logdir):
         "log created, keepidle %s, no cut), the plain one created its log" % fs["keepidle"]
 
 
-def test_log_symlink_not_followed():
+def test_security_log_symlink_not_followed():
     """TCPKEEP_LOG naming a symlink (to an existing file, and a dangling one)
     under the shim (debug level, limit 300ms): the link is not followed (the
     target keeps its content, the dangling target is not created); one line
@@ -377,7 +377,7 @@ def test_log_symlink_not_followed():
         % said[0].split(": ", 1)[-1]
 
 
-def test_log_append_and_cloexec():
+def test_security_log_append_and_cloexec():
     """TCPKEEP_LOG=<file that already has a line>: two runs under the shim
     (limit 300ms, info) append their cut lines after it (nothing truncated);
     the program's log descriptor has O_APPEND and O_CLOEXEC (fdinfo), and a
