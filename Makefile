@@ -44,6 +44,7 @@ check: deps
 	$(MAKE) all
 	$(MAKE) check-unit
 	$(MAKE) check-integration
+	$(MAKE) check-sanitize
 
 demo: deps
 	$(MAKE) all
