@@ -186,32 +186,64 @@ def need(*progs):
             raise Skip("%s is not installed" % prog)
 
 
+# Lines are read from the pipe's raw descriptor with os.read, into a buffer
+# kept on the stream object: select() on a Python file object misses lines
+# that its own buffer already holds, which made a test wait for a line it had.
+
+
+def _next_line(stream, end):
+    """The next line of stream (without the newline), None at EOF, or raise
+    Fail at the deadline `end` (time.monotonic())."""
+    fd = stream.fileno()
+    buf = getattr(stream, "_tk_lines", None)
+    if buf is None:
+        buf = stream._tk_lines = bytearray()
+    while b"\n" not in buf:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        r, _, _ = select.select([fd], [], [], left)
+        if not r:
+            raise TimeoutError
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            if not buf:
+                return None
+            line = bytes(buf)
+            buf.clear()
+            return line.decode(errors="replace")
+        buf.extend(chunk)
+    i = buf.index(b"\n")
+    line = bytes(buf[:i])
+    del buf[:i + 1]
+    return line.decode(errors="replace")
+
+
 def read_line(stream, limit=5, what="a line"):
     """One line from a child's pipe, bounded."""
-    r, _, _ = select.select([stream], [], [], limit)
-    if not r:
+    try:
+        line = _next_line(stream, time.monotonic() + limit)
+    except TimeoutError:
         raise Fail("timed out after %s s waiting for %s" % (limit, what))
-    line = stream.readline()
-    if not line:
+    if line is None:
         raise Fail("EOF while waiting for %s" % what)
-    return line.rstrip("\n")
+    return line
 
 
 def expect_line(p, prefix, limit=5):
     """Read p's stdout until a line starting with prefix (bounded); return it."""
     end = time.monotonic() + limit
     seen = []
-    while time.monotonic() < end:
-        r, _, _ = select.select([p.stdout], [], [], max(0.0, end - time.monotonic()))
-        if not r:
-            break
-        line = p.stdout.readline()
-        if not line:
-            break
-        line = line.rstrip("\n")
-        if line.startswith(prefix):
-            return line
-        seen.append(line)
+    try:
+        while True:
+            line = _next_line(p.stdout, end)
+            if line is None:
+                break
+            if line.startswith(prefix):
+                return line
+            seen.append(line)
+    except TimeoutError:
+        pass
     _, err = finish(p)
     raise Fail("no %r line from the program within %s s; stdout=%r stderr=%r"
                % (prefix, limit, seen[-5:], err[-600:]))
