@@ -292,16 +292,22 @@ class Idle(Client):
     def __init__(self, port, window, host="127.0.0.1"):
         Client.__init__(self, port, host)
         self.window = window
-        self.end = self.how = self.released = self.held_before = None
+        self.end = self.how = self.released = self.held_before = self.looked_at = None
         self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
     def _watch(self):
-        # Half way to the cut the program has accepted the connection: its
-        # side must show as held, or the release check below proves nothing.
-        end, _, how = wait_eof(self.sock, LIMIT / 2)
+        # Before the cut the program's side must show as held (accepted), or
+        # the release check below proves nothing: look every 20 ms until it
+        # does, then wait for the end.
+        end = how = None
+        while end is None and time.monotonic() - self.t0 < self.window:
+            self.looked_at = time.monotonic() - self.t0
+            if held(self.port, self.lport):
+                self.held_before = self.looked_at
+                break
+            end, _, how = wait_eof(self.sock, 0.02)
         if end is None:
-            self.held_before = held(self.port, self.lport)
             end, _, how = wait_eof(self.sock, self.window - (time.monotonic() - self.t0))
         if end is not None:
             self.end, self.how = end - self.t0, how
@@ -314,10 +320,11 @@ class Idle(Client):
         """Cut on time and then released by the program: a description."""
         self.join()
         msg = cut_window(self.end, limit, "%s cut" % what)
-        if not self.held_before:
+        if self.held_before is None:
             raise Fail("%s, but before the cut no process showed as holding the program's "
-                       "side of the connection (inet_diag lookup): cannot check that the "
-                       "program closed it" % msg)
+                       "side of the connection (inet_diag lookups up to %.3f s after "
+                       "connecting): cannot check that the program closed it"
+                       % (msg, self.looked_at or 0))
         if self.released is None:
             raise Fail("%s (%s), but the program still holds its side of the connection "
                        "2 s later (it did not close it)" % (msg, self.how))
@@ -373,7 +380,7 @@ class Active:
         self.client.sock.settimeout(duration + 10)
         self.proto, self.period, self.duration = proto, period, duration
         self.sent = self.answered = 0
-        self.max_wait = 0.0
+        self.max_wait = self.max_send_gap = 0.0
         self.ended = self.error = None
         self._sent_at = {}
         self._lock = threading.Lock()
@@ -403,6 +410,7 @@ class Active:
                     if self._done:
                         return
                     self._sent_at[i] = t
+                    self.max_send_gap = max(self.max_send_gap, t - self._sent_at.get(i - 1, c.t0))
                 c.send(self.proto.request(c, i))
                 with self._lock:
                     self.sent = i + 1
@@ -453,8 +461,12 @@ class Active:
         if any(t.is_alive() for t in self.threads):
             raise Fail("%s: still running after %g s" % (what, self.duration + 15))
         if self.ended:
-            raise Fail("%s (a request every %g s, limit %g s) %s, after %d right answers"
-                       % (what, self.period, LIMIT, self.ended, self.answered))
+            stalled = ""
+            if self.max_send_gap >= LIMIT:
+                stalled = " (NB: the test client itself paused %.3f s between requests: a " \
+                          "stalled test process, not a shim fault)" % self.max_send_gap
+            raise Fail("%s (a request every %g s, limit %g s) %s, after %d right answers%s"
+                       % (what, self.period, LIMIT, self.ended, self.answered, stalled))
         if self.error:
             raise Fail("%s: wrong answer: %s" % (what, self.error))
         if self.answered != self.sent or self.sent < 3:
