@@ -42,14 +42,28 @@ static bool invariant_tsc(void)
 #endif
 }
 
+/* A calibration point: the TSC at the moment of a CLOCK_MONOTONIC reading,
+ * taken as the middle of two TSC reads around it. If the thread was
+ * preempted in between (the two reads far apart), try again, and keep the
+ * tightest of a few. */
 static void sample(uint64_t *tsc, uint64_t *ns)
 {
 #if defined(__x86_64__)
-    *tsc = __rdtsc();
+    uint64_t best_gap = UINT64_MAX;
+    for (int i = 0; i < 4 && best_gap > 2000; i++) {
+        uint64_t before = __rdtsc();
+        uint64_t now = tk_now_ns();
+        uint64_t after = __rdtsc();
+        if (after - before < best_gap) {
+            best_gap = after - before;
+            *tsc = before + (after - before) / 2;
+            *ns = now;
+        }
+    }
 #else
     *tsc = 0;
-#endif
     *ns = tk_now_ns();
+#endif
 }
 
 void tk_clock_init(void)

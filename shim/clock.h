@@ -62,7 +62,9 @@ static inline uint64_t tk_stamp(void)
 void tk_clock_init(void);
 /* The watchdog's "now": CLOCK_MONOTONIC, sampled together with the TSC so
  * that the following tk_stamp_to_ns() calls convert against it. Also checks
- * that the TSC still agrees with the kernel's clock. */
+ * that the TSC still agrees with the kernel's clock. The calibration belongs
+ * to the watchdog thread: only it calls tk_clock_now and tk_stamp_to_ns
+ * (and a forked child before it has other threads). */
 uint64_t tk_clock_now(void);
 /* A stamp in CLOCK_MONOTONIC nanoseconds, as of the last tk_clock_now(). */
 uint64_t tk_stamp_to_ns(uint64_t stamp);

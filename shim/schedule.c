@@ -20,13 +20,12 @@ static uint64_t earliest_idle_end(uint64_t last_ns, const struct tk_policy *p)
     return last_ns + p->slack_ns + p->idle_ns;
 }
 
-void tk_schedule_watch(struct tk_conn *c, const struct tk_policy *p)
+void tk_schedule_watch(struct tk_conn *c, const struct tk_policy *p, uint64_t now_ns)
 {
     c->kind = TK_KIND_CONN;
     if (p->idle_ns == 0)
         return;
-    uint64_t last = tk_stamp_to_ns(atomic_load_explicit(&c->last_call_ns, memory_order_relaxed));
-    tk_queue_set(c, earliest_idle_end(last, p));
+    tk_queue_set(c, earliest_idle_end(now_ns, p));
 }
 
 unsigned tk_schedule_collect(uint64_t now_ns, const struct tk_policy *p,

@@ -53,7 +53,10 @@ struct tk_decision {
 void tk_schedule_refresh(struct tk_candidate *cand);
 
 /* Under the table lock. */
-void tk_schedule_watch(struct tk_conn *c, const struct tk_policy *p);
+/* c was just made or connected (its stamp is "now"): queue it at now + the
+ * limit. Takes the time from the caller so that only the watchdog thread
+ * ever reads the TSC calibration. */
+void tk_schedule_watch(struct tk_conn *c, const struct tk_policy *p, uint64_t now_ns);
 unsigned tk_schedule_collect(uint64_t now_ns, const struct tk_policy *p,
                              struct tk_candidate *out, unsigned max);
 void tk_schedule_settle(const struct tk_candidate *cand, const struct tk_decision *d,

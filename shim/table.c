@@ -5,6 +5,7 @@
 #include <stdbool.h>
 
 #include <pthread.h>
+#include <stddef.h>
 #include <string.h>
 
 /* uthash allocates bucket arrays as the table grows: from mmap, since a
@@ -172,9 +173,12 @@ struct tk_conn *tk_table_bind(int fd, uint64_t cookie, enum tk_kind kind, uint64
         tk_table_oom = true;
         return NULL;
     }
-    memset(c, 0, sizeof(*c));
+    /* The watchdog may still read a recycled record's stamp and cookie
+     * without the lock (and finds the cookie changed): store those two
+     * atomically, clear the rest. */
+    memset(&c->check_at_ns, 0, sizeof(*c) - offsetof(struct tk_conn, check_at_ns));
     atomic_store_explicit(&c->last_call_ns, now_ns, memory_order_relaxed);
-    c->cookie = cookie;
+    __atomic_store_n(&c->cookie, cookie, __ATOMIC_RELAXED);
     c->heap_index = TK_NOT_QUEUED;
     c->fd = fd;
     c->refs = 1;

@@ -69,7 +69,7 @@ void tk_track(int fd, enum tk_kind kind)
     if (!c)
         tk_table_unbind(fd); /* whatever the number held before is stale */
     else if (kind == TK_KIND_CONN && c->kind == TK_KIND_CONN && tk_policy.idle_ns) {
-        tk_schedule_watch(c, &tk_policy);
+        tk_schedule_watch(c, &tk_policy, tk_now_ns());
         tk_watchdog_notify(c->check_at_ns);
     }
     tk_table_unlock(&old);
@@ -139,7 +139,7 @@ void tk_connected(int fd)
         atomic_store_explicit(&c->last_call_ns, tk_stamp(), memory_order_relaxed);
         c->kind = TK_KIND_CONN;
         if (tk_policy.idle_ns) {
-            tk_schedule_watch(c, &tk_policy);
+            tk_schedule_watch(c, &tk_policy, tk_now_ns());
             tk_watchdog_notify(c->check_at_ns);
         }
     }

@@ -84,7 +84,7 @@ static struct tk_conn *conn(int fd, uint64_t cookie, uint64_t last, const struct
     lock();
     struct tk_conn *c = tk_table_bind(fd, cookie, TK_KIND_SOCKET, last);
     assert_non_null(c);
-    tk_schedule_watch(c, p);
+    tk_schedule_watch(c, p, last);
     unlock();
     return c;
 }
