@@ -76,10 +76,9 @@ void tk_track(int fd, enum tk_kind kind)
     errno = saved;
 }
 
-void tk_forget(int fd)
+/* Drop fd's binding, if it has one (one load when it has none). */
+static void unbind(int fd)
 {
-    if (tk_is_private_fd(fd))
-        release_private(fd);
     if (!tk_slot_get(fd))
         return;
     int saved = errno;
@@ -88,6 +87,13 @@ void tk_forget(int fd)
     tk_table_unbind(fd);
     tk_table_unlock(&old);
     errno = saved;
+}
+
+void tk_forget(int fd)
+{
+    if (tk_is_private_fd(fd))
+        release_private(fd);
+    unbind(fd);
 }
 
 void tk_after_dup(int oldfd, int newfd)
@@ -106,14 +112,7 @@ void tk_after_dup(int oldfd, int newfd)
 
 void tk_before_close(int fd)
 {
-    if (!tk_slot_get(fd))
-        return;
-    int saved = errno;
-    sigset_t old;
-    tk_table_lock(&old);
-    tk_table_unbind(fd);
-    tk_table_unlock(&old);
-    errno = saved;
+    unbind(fd);
 }
 
 void tk_before_close_range(unsigned first, unsigned last)
