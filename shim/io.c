@@ -42,14 +42,27 @@ static inline void touch(int fd)
 
 /* WRAP(type, name, field, (params), (args), fallback syscall)
  *
- * name:          the common case, bound and untracked: a tail call.
+ * name:          the common case, an untracked fd: a tail call through
+ *                tk_real (no NULL test: see tk_stub_ below).
  * name_tracked:  calls the real function, then stamps the record (the extra
  *                arguments come last, so the call's own stay in their
  *                registers). If the fd was closed and its record reused for
  *                another connection while the call blocked, that one gets
  *                the stamp: it may be cut later than due, never earlier.
- * name_unbound:  a call made before the real function is bound. */
+ * tk_stub_field: what tk_real holds until the real function is bound (and
+ *                for good if it cannot be): binds, then calls the real
+ *                function, or makes the raw system call while binding is
+ *                under way (re-entered from dlsym, say). */
 #define WRAP(type, name, field, params, args, fallback)                         \
+    __attribute__((visibility("hidden"), noinline)) type tk_stub_##field params \
+    {                                                                          \
+        tk_real_bind();                                                        \
+        __typeof__(tk_real.field) real = tk_real.field;                        \
+        type r = real != tk_stub_##field ? real args : (type)(fallback);       \
+        if (r > 0)                                                             \
+            touch(fd);                                                         \
+        return r;                                                              \
+    }                                                                          \
     static __attribute__((noinline)) type name##_tracked(                      \
         TK_UNPAREN params, struct tk_conn *c, __typeof__(tk_real.field) real)  \
     {                                                                          \
@@ -58,22 +71,12 @@ static inline void touch(int fd)
             stamp(c);                                                          \
         return r;                                                              \
     }                                                                          \
-    static __attribute__((noinline, cold)) type name##_unbound params          \
-    {                                                                          \
-        type r = CALL(field, (type)(fallback), TK_UNPAREN args);               \
-        if (r > 0)                                                             \
-            touch(fd);                                                         \
-        return r;                                                              \
-    }                                                                          \
     EXPORT type name params                                                    \
     {                                                                          \
-        __typeof__(tk_real.field) real = tk_real.field;                        \
-        if (__builtin_expect(real == NULL, 0))                                 \
-            return name##_unbound args;                                        \
         struct tk_conn *c = tk_slot_get(fd);                                   \
         if (__builtin_expect(c != NULL, 0))                                    \
-            return name##_tracked(TK_UNPAREN args, c, real);                   \
-        return real args;                                                      \
+            return name##_tracked(TK_UNPAREN args, c, tk_real.field);          \
+        return tk_real.field args;                                             \
     }
 #define TK_UNPAREN(...) __VA_ARGS__
 

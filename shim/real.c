@@ -5,7 +5,14 @@
 #include <errno.h>
 #include <stdatomic.h>
 
-struct tk_real_fns tk_real;
+/* The read/write family starts on stubs (io.c) that bind on first use, so
+ * the hot path calls through tk_real without testing for NULL. */
+#define STUB(field) .field = tk_stub_##field
+struct tk_real_fns tk_real = {
+    STUB(read), STUB(write), STUB(recv), STUB(recvfrom), STUB(recvmsg), STUB(recvmmsg),
+    STUB(send), STUB(sendto), STUB(sendmsg), STUB(sendmmsg), STUB(readv), STUB(writev),
+    STUB(read_chk), STUB(recv_chk), STUB(recvfrom_chk),
+};
 
 /* 0 = unbound, 1 = a thread is binding, 2 = bound. */
 static atomic_int bind_state;
@@ -25,8 +32,14 @@ static void *lookup(const char *name)
     return (void *)p;
 }
 
-#define BIND(field, sym) \
-    tk_real.field = (__typeof__(tk_real.field))lookup(sym)
+/* A symbol that cannot be found keeps what it had: NULL (the hooks then
+ * make the raw system call) or its stub. */
+#define BIND(field, sym)                                                  \
+    do {                                                                  \
+        void *p_ = lookup(sym);                                           \
+        if (p_)                                                           \
+            tk_real.field = (__typeof__(tk_real.field))p_;                \
+    } while (0)
 
 void tk_real_bind(void)
 {

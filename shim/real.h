@@ -58,11 +58,29 @@ extern struct tk_real_fns tk_real;
 #define TK_SA(a) ((a).__sockaddr__)
 #endif
 
+/* Stubs for the read/write family (io.c): tk_real's first values. */
+ssize_t tk_stub_read(int, void *, size_t);
+ssize_t tk_stub_write(int, const void *, size_t);
+ssize_t tk_stub_recv(int, void *, size_t, int);
+ssize_t tk_stub_recvfrom(int, void *, size_t, int, __SOCKADDR_ARG, socklen_t *);
+ssize_t tk_stub_recvmsg(int, struct msghdr *, int);
+int tk_stub_recvmmsg(int, struct mmsghdr *, unsigned, int, struct timespec *);
+ssize_t tk_stub_send(int, const void *, size_t, int);
+ssize_t tk_stub_sendto(int, const void *, size_t, int, __CONST_SOCKADDR_ARG, socklen_t);
+ssize_t tk_stub_sendmsg(int, const struct msghdr *, int);
+int tk_stub_sendmmsg(int, struct mmsghdr *, unsigned, int);
+ssize_t tk_stub_readv(int, const struct iovec *, int);
+ssize_t tk_stub_writev(int, const struct iovec *, int);
+ssize_t tk_stub_read_chk(int, void *, size_t, size_t);
+ssize_t tk_stub_recv_chk(int, void *, size_t, size_t, int);
+ssize_t tk_stub_recvfrom_chk(int, void *, size_t, size_t, int, __SOCKADDR_ARG, socklen_t *);
+
 /* Binds every symbol once; safe from any thread and from inside a hook. */
 void tk_real_bind(void);
 
 /* Pointer to the real function, binding first if needed; NULL means
- * "not bound yet (re-entered during binding): use the raw system call". */
+ * "not bound yet (re-entered during binding): use the raw system call".
+ * For the cold hooks; the read/write family uses its stubs instead. */
 #define TK_REAL(name) \
     (__builtin_expect(tk_real.name != NULL, 1) ? tk_real.name : (tk_real_bind(), tk_real.name))
 
