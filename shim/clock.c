@@ -11,11 +11,15 @@ enum { STAMPS_NS, STAMPS_TSC, STAMPS_IGNORED };
 static int stamps = STAMPS_NS;
 
 /* Calibration: a first point at load, the latest at the watchdog's last
- * tk_clock_now(). Written by the watchdog only (and tk_clock_init). */
+ * tk_clock_now(), and the last point at which the TSC was judged good.
+ * Written by the watchdog only (and tk_clock_init). */
 static uint64_t base_tsc, base_ns;
 static uint64_t ref_tsc, ref_ns;
+static uint64_t good_tsc, good_ns;
 static double ns_per_tick;
-/* When the TSC was found unreliable: every stamp counts as no older. */
+static int failed_checks;
+/* When the TSC was found unreliable: stamps from after the last good point
+ * count as no older than this. */
 static uint64_t distrusted_at_ns;
 
 static void distrust(uint64_t now_ns)
@@ -24,10 +28,14 @@ static void distrust(uint64_t now_ns)
     distrusted_at_ns = now_ns;
 }
 
-/* Disagreement between the TSC and CLOCK_MONOTONIC that we tolerate, and
- * the shortest interval over which we measure it. */
+/* The TSC is judged against CLOCK_MONOTONIC over intervals of at least a
+ * second, from calibration points whose two TSC reads are close (a thread
+ * preempted mid-sample proves nothing), and distrusted only after two
+ * failed checks in a row: a busy machine must not turn the TSC off. */
 #define TK_TSC_TOLERANCE 0.002
-#define TK_TSC_CHECK_MIN_NS (50 * TK_NS_PER_MS)
+#define TK_TSC_CHECK_MIN_NS TK_NS_PER_S
+#define TK_TSC_SAMPLE_MAX_GAP 20000 /* ticks: about 10 us at 2 GHz */
+#define TK_TSC_FAILS_TO_DISTRUST 2
 
 static bool invariant_tsc(void)
 {
@@ -43,10 +51,9 @@ static bool invariant_tsc(void)
 }
 
 /* A calibration point: the TSC at the moment of a CLOCK_MONOTONIC reading,
- * taken as the middle of two TSC reads around it. If the thread was
- * preempted in between (the two reads far apart), try again, and keep the
- * tightest of a few. */
-static void sample(uint64_t *tsc, uint64_t *ns)
+ * taken as the middle of two TSC reads around it; the tightest of a few
+ * tries. Returns the distance between the two reads, in ticks. */
+static uint64_t sample(uint64_t *tsc, uint64_t *ns)
 {
 #if defined(__x86_64__)
     uint64_t best_gap = UINT64_MAX;
@@ -60,17 +67,19 @@ static void sample(uint64_t *tsc, uint64_t *ns)
             *ns = now;
         }
     }
+    return best_gap;
 #else
     *tsc = 0;
     *ns = tk_now_ns();
+    return 0;
 #endif
 }
 
 void tk_clock_init(void)
 {
     sample(&base_tsc, &base_ns);
-    ref_tsc = base_tsc;
-    ref_ns = base_ns;
+    ref_tsc = good_tsc = base_tsc;
+    ref_ns = good_ns = base_ns;
 #if defined(__x86_64__)
     stamps = STAMPS_TSC;
     if (!invariant_tsc())
@@ -83,48 +92,70 @@ bool tk_clock_stamps_ignored(void)
     return stamps == STAMPS_IGNORED;
 }
 
+/* Does the TSC still tick with CLOCK_MONOTONIC since the last good point? */
+static void check_tsc(uint64_t tsc, uint64_t ns, uint64_t gap)
+{
+    if (gap > TK_TSC_SAMPLE_MAX_GAP)
+        return;
+    bool ok;
+    if (tsc <= good_tsc || ns <= good_ns) {
+        ok = false; /* went backwards */
+    } else if (ns - good_ns < TK_TSC_CHECK_MIN_NS) {
+        return; /* too soon to tell */
+    } else {
+        double lifetime = (double)(ns - base_ns) / (double)(tsc - base_tsc);
+        double recent = (double)(ns - good_ns) / (double)(tsc - good_tsc);
+        ok = good_tsc == base_tsc || (recent >= lifetime * (1 - TK_TSC_TOLERANCE) &&
+                                      recent <= lifetime * (1 + TK_TSC_TOLERANCE));
+        if (ok)
+            ns_per_tick = lifetime;
+    }
+    if (ok) {
+        failed_checks = 0;
+        good_tsc = tsc;
+        good_ns = ns;
+    } else if (++failed_checks >= TK_TSC_FAILS_TO_DISTRUST) {
+        distrust(ns);
+    }
+}
+
 uint64_t tk_clock_now(void)
 {
     uint64_t tsc, ns;
-    sample(&tsc, &ns);
-    if (stamps == STAMPS_TSC) {
-        bool sane = tsc > base_tsc && ns > base_ns;
-        if (sane && ns - base_ns >= TK_TSC_CHECK_MIN_NS) {
-            double lifetime = (double)(ns - base_ns) / (double)(tsc - base_tsc);
-            if (ns_per_tick > 0 && ns - ref_ns >= TK_TSC_CHECK_MIN_NS) {
-                double recent = tsc > ref_tsc ? (double)(ns - ref_ns) / (double)(tsc - ref_tsc) : 0;
-                if (recent < lifetime * (1 - TK_TSC_TOLERANCE) ||
-                    recent > lifetime * (1 + TK_TSC_TOLERANCE))
-                    sane = false;
-            }
-            if (sane)
-                ns_per_tick = lifetime;
-        }
-        if (!sane)
-            distrust(ns);
-    }
+    uint64_t gap = sample(&tsc, &ns);
+    if (stamps == STAMPS_TSC)
+        check_tsc(tsc, ns, gap);
     ref_tsc = tsc;
     ref_ns = ns;
     return ns;
+}
+
+/* ns for a TSC stamp, counted back from the calibration point (at_tsc, at_ns). */
+static uint64_t tsc_to_ns(uint64_t tsc, uint64_t at_tsc, uint64_t at_ns)
+{
+    if (tsc >= at_tsc)
+        return at_ns; /* taken on another CPU a hair ahead: "now" */
+    double per_tick = ns_per_tick;
+    if (per_tick <= 0) { /* not calibrated yet: count from the first point */
+        if (ref_tsc <= base_tsc)
+            return at_ns;
+        per_tick = (double)(ref_ns - base_ns) / (double)(ref_tsc - base_tsc);
+    }
+    uint64_t age = (uint64_t)((double)(at_tsc - tsc) * per_tick);
+    return age < at_ns ? at_ns - age : 0;
 }
 
 uint64_t tk_stamp_to_ns(uint64_t stamp)
 {
     if (stamps == STAMPS_NS)
         return stamp;
-    if (stamps == STAMPS_IGNORED)
+    if (stamps == STAMPS_IGNORED) {
+        /* Taken before the last good point: that calibration still holds. */
+        if (stamp <= good_tsc && ns_per_tick > 0)
+            return tsc_to_ns(stamp, good_tsc, good_ns);
         return distrusted_at_ns;
-    uint64_t tsc = stamp;
-    if (tsc >= ref_tsc)
-        return ref_ns; /* taken on another CPU a hair ahead: "now" */
-    double per_tick = ns_per_tick;
-    if (per_tick <= 0) { /* not calibrated yet: count from the first point */
-        if (ref_tsc <= base_tsc)
-            return ref_ns;
-        per_tick = (double)(ref_ns - base_ns) / (double)(ref_tsc - base_tsc);
     }
-    uint64_t age = (uint64_t)((double)(ref_tsc - tsc) * per_tick);
-    return age < ref_ns ? ref_ns - age : 0;
+    return tsc_to_ns(stamp, ref_tsc, ref_ns);
 }
 
 uint64_t tk_clock_coarse_res_ns(void)
