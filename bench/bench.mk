@@ -1,5 +1,5 @@
 # Benchmarks, included by the top Makefile (see the performance issue and
-# bench/RESULTS.md).
+# the README's Performance section).
 #   make bench        installs what is missing (nginx-light, wrk, valgrind, ...),
 #                     builds, runs every benchmark (under 10 minutes on 2 cores)
 #                     and prints one table of ratios against no shim
