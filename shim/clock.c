@@ -5,6 +5,13 @@
 #include <cpuid.h>
 #endif
 
+/* The time sources, replaceable by the unit test (tests/unit/test_clock.c). */
+#ifndef TK_READ_TSC
+#define TK_READ_TSC() __rdtsc()
+#define TK_READ_NS() tk_now_ns()
+#define TK_INVARIANT_TSC() invariant_tsc()
+#endif
+
 /* How stamps are read: nanoseconds (before init, and off x86-64), the
  * calibrated TSC, or not at all (the TSC is not to be trusted). */
 enum { STAMPS_NS, STAMPS_TSC, STAMPS_IGNORED };
@@ -37,7 +44,7 @@ static void distrust(uint64_t now_ns)
 #define TK_TSC_SAMPLE_MAX_GAP 20000 /* ticks: about 10 us at 2 GHz */
 #define TK_TSC_FAILS_TO_DISTRUST 2
 
-static bool invariant_tsc(void)
+static __attribute__((unused)) bool invariant_tsc(void)
 {
 #if defined(__x86_64__)
     unsigned a, b, c, d;
@@ -58,9 +65,9 @@ static uint64_t sample(uint64_t *tsc, uint64_t *ns)
 #if defined(__x86_64__)
     uint64_t best_gap = UINT64_MAX;
     for (int i = 0; i < 4 && best_gap > 2000; i++) {
-        uint64_t before = __rdtsc();
-        uint64_t now = tk_now_ns();
-        uint64_t after = __rdtsc();
+        uint64_t before = TK_READ_TSC();
+        uint64_t now = TK_READ_NS();
+        uint64_t after = TK_READ_TSC();
         if (after - before < best_gap) {
             best_gap = after - before;
             *tsc = before + (after - before) / 2;
@@ -77,12 +84,15 @@ static uint64_t sample(uint64_t *tsc, uint64_t *ns)
 
 void tk_clock_init(void)
 {
+    ns_per_tick = 0;
+    failed_checks = 0;
+    distrusted_at_ns = 0;
     sample(&base_tsc, &base_ns);
     ref_tsc = good_tsc = base_tsc;
     ref_ns = good_ns = base_ns;
 #if defined(__x86_64__)
     stamps = STAMPS_TSC;
-    if (!invariant_tsc())
+    if (!TK_INVARIANT_TSC())
         distrust(base_ns);
 #endif
 }

@@ -16,10 +16,12 @@ UNIT_OUT    := $(BUILD)/tests
 UNIT_CFLAGS := $(CFLAGS) -std=gnu11 -D_GNU_SOURCE -Ishim -pthread $(WARN)
 UNIT_LIBS   := -lcmocka
 
-UNIT_TESTS  := test_config test_table test_schedule
+UNIT_TESTS  := test_config test_table test_schedule test_clock
 
 # The shim sources each test is linked with.
 UNIT_SRC_test_config   := shim/config.c
+# test_clock includes shim/clock.c itself, with fake time sources.
+UNIT_SRC_test_clock    :=
 UNIT_SRC_test_table    := shim/table.c shim/queue.c shim/mem.c
 UNIT_SRC_test_schedule := shim/schedule.c shim/clock.c shim/table.c shim/queue.c shim/mem.c
 # test_table injects allocation failures around the real tk_mem_alloc.
