@@ -7,7 +7,7 @@ import time
 
 from helpers import (Active, Fail, check, compile_c, cut_window, connect, finish, free_port,
                      handshake_time, kernel_last_data_recv, lib, need, read_until_end, spawn,
-                     tmpdir, wait_eof, wait_listen, which)
+                     expect_line, script, tmpdir, wait_eof, wait_listen, which)
 
 
 def _nc_server(port, limit):
@@ -260,3 +260,43 @@ def test_info_log_line():
     return "%s; 9 cuts, each logged, e.g. %s%s" % (
         msg, lines[0], "; 3 more with writes delayed 0.2 s, each logged" if which("strace")
         else "")
+
+
+LATE_READER = r"""
+import socket, sys, time
+ls = socket.socket()
+ls.bind(("127.0.0.1", int(sys.argv[1])))
+ls.listen(1)
+print("ready", flush=True)
+c, _ = ls.accept()
+time.sleep(0.8)                  # the byte waits in the kernel's buffer
+c.recv(1)
+print("read %.6f" % time.monotonic(), flush=True)
+c.settimeout(5)
+try:
+    d = c.recv(1)
+    print("end %.6f %s" % (time.monotonic(), "eof" if d == b"" else "data"), flush=True)
+except OSError as e:
+    print("end %.6f %s" % (time.monotonic(), e), flush=True)
+"""
+
+
+def test_late_read_restarts_the_clock():
+    """A server reads a byte 0.8 s after it arrived (limit 1s): the read is
+    activity, so the cut comes no earlier than 1 s after the read, not 1 s
+    after the byte arrived (which is all the kernel's TCP_INFO knows: this
+    test fails if the hot path's stamp is lost)."""
+    port = free_port()
+    srv = spawn(script(LATE_READER) + [str(port)], env={"TCPKEEP_IDLE_TIMEOUT": "1s"})
+    try:
+        expect_line(srv, "ready")
+        wait_listen(port, proc=srv)
+        s, _ = connect(port)
+        s.sendall(b"x")
+        read_at = float(expect_line(srv, "read ").split()[1])
+        end = expect_line(srv, "end ", limit=4).split()
+        s.close()
+    finally:
+        finish(srv)
+    check(end[2] == "eof", "the server's connection ended with %r, not end-of-file" % end[2:])
+    return cut_window(float(end[1]) - read_at, 1.0, "cut", "the server's late read")
