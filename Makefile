@@ -23,9 +23,22 @@ SHIM_HDR  := $(wildcard shim/*.h)
 SHIM_OBJ  := $(SHIM_SRC:shim/%.c=$(BUILD)/obj/%.o)
 LIB       := $(BUILD)/libtcpkeep.so
 
-.PHONY: all check check-unit check-integration demo install uninstall clean deps bench
+# tcpkeep-tool: the `tcpkeep stats` and `tcpkeep inspect` commands (tools/);
+# a plain program, never linked with the shim.
+TOOL_SRC  := $(wildcard tools/*.c)
+TOOL_HDR  := $(wildcard tools/*.h) shim/reason.h
+TOOL      := $(BUILD)/tcpkeep-tool
+TOOL_CFLAGS := $(CFLAGS) $(WARN) -std=gnu11 -D_GNU_SOURCE
 
-all: $(LIB)
+.PHONY: all tools check check-unit check-integration demo install uninstall clean deps bench
+
+all: $(LIB) tools
+
+tools: $(TOOL)
+
+$(TOOL): $(TOOL_SRC) $(TOOL_HDR) Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(TOOL_CFLAGS) -o $@ $(TOOL_SRC)
 
 $(BUILD)/obj/%.o: shim/%.c $(SHIM_HDR) Makefile
 	@mkdir -p $(dir $@)
@@ -50,9 +63,11 @@ demo: deps
 	$(MAKE) all
 	sh scripts/demo.sh
 
-install: $(LIB)
+install: $(LIB) $(TOOL)
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man7
 	install -m 0644 $(LIB) $(DESTDIR)$(LIBDIR)/libtcpkeep.so
+	install -d $(DESTDIR)$(LIBDIR)/tcpkeep
+	install -m 0755 $(TOOL) $(DESTDIR)$(LIBDIR)/tcpkeep/tcpkeep-tool
 	sed -e 's|@VERSION@|$(VERSION)|' -e 's|@LIBDIR@|$(LIBDIR)|' scripts/tcpkeep > $(DESTDIR)$(BINDIR)/tcpkeep
 	chmod 0755 $(DESTDIR)$(BINDIR)/tcpkeep
 	sed -e 's|"libtcpkeep [0-9.]*"|"libtcpkeep $(VERSION)"|' man/tcpkeep.1 > $(DESTDIR)$(MANDIR)/man1/tcpkeep.1
@@ -62,7 +77,9 @@ install: $(LIB)
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libtcpkeep.so $(DESTDIR)$(BINDIR)/tcpkeep \
+	      $(DESTDIR)$(LIBDIR)/tcpkeep/tcpkeep-tool \
 	      $(DESTDIR)$(MANDIR)/man1/tcpkeep.1 $(DESTDIR)$(MANDIR)/man7/libtcpkeep.7
+	@rmdir $(DESTDIR)$(LIBDIR)/tcpkeep 2>/dev/null || true
 	@if [ -z "$(DESTDIR)" ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
 clean:

@@ -1,4 +1,5 @@
-/* Hooks that make TCP sockets: socket, accept, accept4, connect.
+/* Hooks that make TCP sockets and set their options: socket, accept,
+ * accept4, connect, setsockopt.
  * Cold path: options are set and the table updated here, never in io.c. */
 #include <errno.h>
 #include <netinet/in.h>
@@ -19,18 +20,16 @@ EXPORT int socket(int domain, int type, int protocol)
                              : (int)syscall(SYS_socket, domain, type, protocol);
     if (fd < 0)
         return fd;
-    if (tk_is_tcp_args(domain, type, protocol) && tk_active()) {
-        tk_apply_options(fd, &tk_cfg);
-        tk_track(fd, TK_KIND_SOCKET);
-    } else {
+    if (tk_is_tcp_args(domain, type, protocol) && tk_active())
+        tk_track_socket(fd);
+    else
         tk_forget(fd);
-    }
     return fd;
 }
 
 /* A socket accepted from a listener the shim made inherits its options
- * (and any the program set on the listener since); one from a listener we
- * did not see made (inherited across exec) gets them now. */
+ * (and any the program set on the listener since); track_conn gives one
+ * from a listener we did not see made (inherited across exec) its own. */
 static void accepted(int listener, int fd, const struct sockaddr *addr, const socklen_t *len)
 {
     if (!tk_active()) {
@@ -49,9 +48,8 @@ static void accepted(int listener, int fd, const struct sockaddr *addr, const so
             tk_forget(fd);
             return;
         }
-        tk_apply_options(fd, &tk_cfg);
     }
-    tk_track(fd, TK_KIND_CONN);
+    tk_track_conn(fd, listener, TK_DIR_IN, NULL);
 }
 
 EXPORT int accept(int fd, __SOCKADDR_ARG addr, socklen_t *len)
@@ -78,9 +76,23 @@ EXPORT int connect(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
                              : (int)syscall(SYS_connect, fd, TK_SA(addr), len);
     int err = errno;
     /* In progress or interrupted, the handshake goes on in the kernel. */
-    if ((r == 0 || err == EINPROGRESS || err == EINTR) && TK_SA(addr) &&
-        TK_SA(addr)->sa_family != AF_UNSPEC)
-        tk_connected(fd);
+    const struct sockaddr *to = TK_SA(addr);
+    if ((r == 0 || err == EINPROGRESS || err == EINTR) && to &&
+        ((to->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) ||
+         (to->sa_family == AF_INET6 && len >= sizeof(struct sockaddr_in6))) &&
+        tk_slot_get(fd))
+        tk_track_conn(fd, -1, TK_DIR_OUT, to);
     errno = err;
     return r;
+}
+
+/* The program's own keepalive options: remembered, so that the shim leaves
+ * them as the program set them; swallowed under TCPKEEP_OVERRIDE=on. */
+EXPORT int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+{
+    unsigned bit;
+    if (tk_slot_get(fd) && (bit = tk_option_bit(level, name)) && tk_own_option(fd, bit))
+        return 0;
+    return TK_REAL(setsockopt) ? tk_real.setsockopt(fd, level, name, val, len)
+                               : (int)syscall(SYS_setsockopt, fd, level, name, val, len);
 }

@@ -8,10 +8,14 @@
 #include "clock.h"
 #include "log.h"
 #include "real.h"
+#include "rules.h"
+#include "stats.h"
 #include "shim.h"
 
 struct tk_config tk_cfg;
 struct tk_policy tk_policy;
+bool tk_deferred;
+struct tk_rules *tk_rules_current;
 
 enum { STATE_NEW, STATE_LOADING, STATE_ON, STATE_OFF };
 static atomic_int state;
@@ -49,6 +53,7 @@ static void fork_child(void)
     sigset_t old = fork_saved_mask, still_blocked;
     tk_table_after_fork_child(); /* a fresh lock: no other thread exists here */
     tk_log_after_fork_child();
+    tk_stats_after_fork_child();
     tk_table_lock(&still_blocked);
     tk_watchdog_after_fork_child();
     tk_table_unlock(&old);
@@ -64,14 +69,19 @@ static void load(void)
         return;
     }
     tk_log_open(tk_cfg.log_dest, tk_cfg.log_level);
-    tk_policy.idle_ns = tk_cfg.idle_timeout_ms * TK_NS_PER_MS;
+    tk_policy.activity = tk_cfg.activity;
+    tk_deferred = tk_cfg.has_filter || tk_cfg.config_path[0];
+    if (tk_cfg.config_path[0])
+        tk_rules_current = tk_rules_file_open(tk_cfg.config_path, &tk_cfg.set);
+    tk_stats_init(tk_cfg.stats_path);
     tk_clock_init();
     /* A stamp may lag the truth by a coarse tick plus the hot path's grain,
      * and TCP_INFO's times by a tick: the watchdog adds this before judging. */
     tk_policy.slack_ns = tk_clock_coarse_res_ns() + TK_STAMP_GRAIN_NS;
     pthread_atfork(fork_prepare, fork_parent, fork_child);
-    tk_log(TK_LOG_DEBUG, "loaded: idle timeout %llu ms, keepalive %s",
-           (unsigned long long)tk_cfg.idle_timeout_ms, tk_cfg.keepalive ? "on" : "off");
+    tk_log(TK_LOG_DEBUG, "loaded: idle timeout %llu ms, keepalive %s%s",
+           (unsigned long long)tk_cfg.set.idle_ms, tk_cfg.set.keepalive ? "on" : "off",
+           tk_cfg.set.dry_run ? ", dry run" : "");
     atomic_store(&state, STATE_ON);
     errno = saved;
 }

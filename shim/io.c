@@ -22,18 +22,45 @@
 /* Store a new stamp only when it moved on by a grain (see TK_STAMP_GRAIN
  * in clock.h): the line is written about once a millisecond per
  * connection, not on every call. The watchdog allows for the grain. */
-static inline void stamp(struct tk_conn *c)
+static inline void stamp(_Atomic uint64_t *field)
 {
     uint64_t now = tk_stamp();
-    if ((now - atomic_load_explicit(&c->last_call_ns, memory_order_relaxed)) >> TK_STAMP_GRAIN_SHIFT)
-        atomic_store_explicit(&c->last_call_ns, now, memory_order_relaxed);
+    if ((now - atomic_load_explicit(field, memory_order_relaxed)) >> TK_STAMP_GRAIN_SHIFT)
+        atomic_store_explicit(field, now, memory_order_relaxed);
 }
 
-static inline void touch(int fd)
+/* A read returned end-of-file: the peer may have closed its side (the
+ * watchdog confirms with the socket's state). Only the first one counts. */
+static __attribute__((noinline, cold)) void note_eof(struct tk_conn *c)
+{
+    if (!atomic_load_explicit(&c->eof_at, memory_order_relaxed))
+        atomic_store_explicit(&c->eof_at, tk_stamp(), memory_order_relaxed);
+}
+
+/* Whether a read that returned 0 asked for any byte at all. */
+static size_t iov_bytes(const struct iovec *iov, int cnt)
+{
+    size_t n = 0;
+    for (int i = 0; iov && i < cnt; i++)
+        n += iov[i].iov_len;
+    return n;
+}
+
+/* The stamp a call leaves: reads and writes are told apart (read-idle,
+ * write-idle); a read of end-of-file is noted. */
+#define TK_MOVED(c, r, dir, eof_cond)                \
+    do {                                             \
+        if ((r) > 0)                                 \
+            stamp(&(c)->dir);                        \
+        else if ((r) == 0 && (eof_cond))             \
+            note_eof(c);                             \
+    } while (0)
+
+static inline void touch(int fd, int is_read)
 {
     struct tk_conn *c = tk_slot_get(fd);
     if (c)
-        stamp(c);
+        stamp(is_read ? &c->last_read : &c->last_write);
 }
 
 /* The real function, or the raw system call while binding is under way. */
@@ -53,22 +80,22 @@ static inline void touch(int fd)
  *                for good if it cannot be): binds, then calls the real
  *                function, or makes the raw system call while binding is
  *                under way (re-entered from dlsym, say). */
-#define WRAP(type, name, field, params, args, fallback)                         \
+#define WRAP(type, name, field, params, args, fallback, dir, eof_cond)         \
     __attribute__((visibility("hidden"), noinline)) type tk_stub_##field params \
     {                                                                          \
         tk_real_bind();                                                        \
         __typeof__(tk_real.field) real = tk_real.field;                        \
         type r = real != tk_stub_##field ? real args : (type)(fallback);       \
-        if (r > 0)                                                             \
-            touch(fd);                                                         \
+        struct tk_conn *c = tk_slot_get(fd);                                   \
+        if (c)                                                                 \
+            TK_MOVED(c, r, dir, eof_cond);                                     \
         return r;                                                              \
     }                                                                          \
     static __attribute__((noinline)) type name##_tracked(                      \
         TK_UNPAREN params, struct tk_conn *c, __typeof__(tk_real.field) real)  \
     {                                                                          \
         type r = real args;                                                    \
-        if (r > 0)                                                             \
-            stamp(c);                                                          \
+        TK_MOVED(c, r, dir, eof_cond);                                         \
         return r;                                                              \
     }                                                                          \
     EXPORT type name params                                                    \
@@ -81,46 +108,61 @@ static inline void touch(int fd)
 #define TK_UNPAREN(...) __VA_ARGS__
 
 WRAP(ssize_t, read, read, (int fd, void *buf, size_t n), (fd, buf, n),
-     syscall(SYS_read, fd, buf, n))
+     syscall(SYS_read, fd, buf, n),
+     last_read, n > 0)
 WRAP(ssize_t, write, write, (int fd, const void *buf, size_t n), (fd, buf, n),
-     syscall(SYS_write, fd, buf, n))
+     syscall(SYS_write, fd, buf, n),
+     last_write, 0)
 WRAP(ssize_t, recv, recv, (int fd, void *buf, size_t n, int flags), (fd, buf, n, flags),
-     syscall(SYS_recvfrom, fd, buf, n, flags, NULL, NULL))
+     syscall(SYS_recvfrom, fd, buf, n, flags, NULL, NULL),
+     last_read, n > 0)
 WRAP(ssize_t, recvfrom, recvfrom,
      (int fd, void *buf, size_t n, int flags, __SOCKADDR_ARG addr, socklen_t *len),
      (fd, buf, n, flags, addr, len),
-     syscall(SYS_recvfrom, fd, buf, n, flags, TK_SA(addr), len))
+     syscall(SYS_recvfrom, fd, buf, n, flags, TK_SA(addr), len),
+     last_read, n > 0)
 WRAP(ssize_t, recvmsg, recvmsg, (int fd, struct msghdr *msg, int flags), (fd, msg, flags),
-     syscall(SYS_recvmsg, fd, msg, flags))
+     syscall(SYS_recvmsg, fd, msg, flags),
+     last_read, msg && iov_bytes(msg->msg_iov, (int)msg->msg_iovlen) > 0)
 WRAP(int, recvmmsg, recvmmsg,
      (int fd, struct mmsghdr *vec, unsigned vlen, int flags, struct timespec *timeout),
      (fd, vec, vlen, flags, timeout),
-     syscall(SYS_recvmmsg, fd, vec, vlen, flags, timeout))
+     syscall(SYS_recvmmsg, fd, vec, vlen, flags, timeout),
+     last_read, 0)
 WRAP(ssize_t, send, send, (int fd, const void *buf, size_t n, int flags), (fd, buf, n, flags),
-     syscall(SYS_sendto, fd, buf, n, flags, NULL, 0))
+     syscall(SYS_sendto, fd, buf, n, flags, NULL, 0),
+     last_write, 0)
 WRAP(ssize_t, sendto, sendto,
      (int fd, const void *buf, size_t n, int flags, __CONST_SOCKADDR_ARG addr, socklen_t len),
      (fd, buf, n, flags, addr, len),
-     syscall(SYS_sendto, fd, buf, n, flags, TK_SA(addr), len))
+     syscall(SYS_sendto, fd, buf, n, flags, TK_SA(addr), len),
+     last_write, 0)
 WRAP(ssize_t, sendmsg, sendmsg, (int fd, const struct msghdr *msg, int flags),
-     (fd, msg, flags), syscall(SYS_sendmsg, fd, msg, flags))
+     (fd, msg, flags), syscall(SYS_sendmsg, fd, msg, flags),
+     last_write, 0)
 WRAP(int, sendmmsg, sendmmsg, (int fd, struct mmsghdr *vec, unsigned vlen, int flags),
-     (fd, vec, vlen, flags), syscall(SYS_sendmmsg, fd, vec, vlen, flags))
+     (fd, vec, vlen, flags), syscall(SYS_sendmmsg, fd, vec, vlen, flags),
+     last_write, 0)
 WRAP(ssize_t, readv, readv, (int fd, const struct iovec *iov, int cnt), (fd, iov, cnt),
-     syscall(SYS_readv, fd, iov, cnt))
+     syscall(SYS_readv, fd, iov, cnt),
+     last_read, iov_bytes(iov, cnt) > 0)
 WRAP(ssize_t, writev, writev, (int fd, const struct iovec *iov, int cnt), (fd, iov, cnt),
-     syscall(SYS_writev, fd, iov, cnt))
+     syscall(SYS_writev, fd, iov, cnt),
+     last_write, 0)
 
 /* The fortified variants that _FORTIFY_SOURCE builds call instead. */
 WRAP(ssize_t, __read_chk, read_chk, (int fd, void *buf, size_t n, size_t buflen),
-     (fd, buf, n, buflen), syscall(SYS_read, fd, buf, n))
+     (fd, buf, n, buflen), syscall(SYS_read, fd, buf, n),
+     last_read, n > 0)
 WRAP(ssize_t, __recv_chk, recv_chk, (int fd, void *buf, size_t n, size_t buflen, int flags),
-     (fd, buf, n, buflen, flags), syscall(SYS_recvfrom, fd, buf, n, flags, NULL, NULL))
+     (fd, buf, n, buflen, flags), syscall(SYS_recvfrom, fd, buf, n, flags, NULL, NULL),
+     last_read, n > 0)
 WRAP(ssize_t, __recvfrom_chk, recvfrom_chk,
      (int fd, void *buf, size_t n, size_t buflen, int flags, __SOCKADDR_ARG addr,
       socklen_t *len),
      (fd, buf, n, buflen, flags, addr, len),
-     syscall(SYS_recvfrom, fd, buf, n, flags, TK_SA(addr), len))
+     syscall(SYS_recvfrom, fd, buf, n, flags, TK_SA(addr), len),
+     last_read, n > 0)
 
 /* sendfile moves data between two descriptors: either may be a connection. */
 #define SENDFILE(name, field)                                                  \
@@ -129,8 +171,8 @@ WRAP(ssize_t, __recvfrom_chk, recvfrom_chk,
         ssize_t r = CALL(field, syscall(SYS_sendfile, out_fd, in_fd, offset, count), \
                          out_fd, in_fd, offset, count);                        \
         if (r > 0) {                                                           \
-            touch(out_fd);                                                     \
-            touch(in_fd);                                                      \
+            touch(out_fd, 0);                                                  \
+            touch(in_fd, 1);                                                   \
         }                                                                      \
         return r;                                                              \
     }

@@ -52,6 +52,7 @@ void tk_real_bind(void)
     BIND(accept, "accept");
     BIND(accept4, "accept4");
     BIND(connect, "connect");
+    BIND(setsockopt, "setsockopt");
     BIND(close, "close");
     BIND(dup, "dup");
     BIND(dup2, "dup2");

@@ -6,8 +6,12 @@
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "log.h"
+#include "stats.h"
+#include "table.h"
 
 bool tk_is_tcp_args(int domain, int type, int protocol)
 {
@@ -44,25 +48,71 @@ uint64_t tk_socket_cookie(int fd)
     return cookie;
 }
 
-static void set_int(int fd, int level, int name, const char *label, int value)
+static bool set_int(int fd, int level, int name, const char *label, int value)
 {
-    if (setsockopt(fd, level, name, &value, sizeof(value)) != 0)
-        tk_log(TK_LOG_DEBUG, "fd %d: setsockopt %s=%d failed: %s", fd, label, value,
-               strerror(errno));
+    /* The raw call: our own setsockopt hook would take it for the program's. */
+    if (syscall(SYS_setsockopt, fd, level, name, &value, (socklen_t)sizeof(value)) == 0)
+        return true;
+    tk_count(&tk_stats.option_errors, 1);
+    tk_log(TK_LOG_DEBUG, "fd %d: setsockopt %s=%d failed: %s", fd, label, value, strerror(errno));
+    return false;
 }
 
-void tk_apply_options(int fd, const struct tk_config *cfg)
+bool tk_apply_options(int fd, const struct tk_settings *set, unsigned own, bool again)
 {
     int saved = errno;
-    if (cfg->keepalive)
-        set_int(fd, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE", 1);
-    if (cfg->keepidle_s)
-        set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, "TCP_KEEPIDLE", cfg->keepidle_s);
-    if (cfg->keepintvl_s)
-        set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, "TCP_KEEPINTVL", cfg->keepintvl_s);
-    if (cfg->keepcnt)
-        set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT", cfg->keepcnt);
-    if (cfg->user_timeout_ms)
-        set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", (int)cfg->user_timeout_ms);
+    if (set->override)
+        own = 0;
+    bool keepalive_on = false;
+    if (!(own & TK_OPT_KEEPALIVE) && (set->keepalive || again))
+        keepalive_on = set_int(fd, SOL_SOCKET, SO_KEEPALIVE, "SO_KEEPALIVE", set->keepalive) &&
+                       set->keepalive;
+    if (set->keepidle_s && !(own & TK_OPT_KEEPIDLE))
+        set_int(fd, IPPROTO_TCP, TCP_KEEPIDLE, "TCP_KEEPIDLE", set->keepidle_s);
+    if (set->keepintvl_s && !(own & TK_OPT_KEEPINTVL))
+        set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, "TCP_KEEPINTVL", set->keepintvl_s);
+    if (set->keepcnt && !(own & TK_OPT_KEEPCNT))
+        set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, "TCP_KEEPCNT", set->keepcnt);
+    if (set->user_timeout_ms && !(own & TK_OPT_USER_TIMEOUT))
+        set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT", (int)set->user_timeout_ms);
     errno = saved;
+    return keepalive_on;
+}
+
+unsigned tk_option_bit(int level, int name)
+{
+    if (level == SOL_SOCKET && name == SO_KEEPALIVE)
+        return TK_OPT_KEEPALIVE;
+    if (level != IPPROTO_TCP)
+        return 0;
+    switch (name) {
+    case TCP_KEEPIDLE:
+        return TK_OPT_KEEPIDLE;
+    case TCP_KEEPINTVL:
+        return TK_OPT_KEEPINTVL;
+    case TCP_KEEPCNT:
+        return TK_OPT_KEEPCNT;
+    case TCP_USER_TIMEOUT:
+        return TK_OPT_USER_TIMEOUT;
+    default:
+        return 0;
+    }
+}
+
+bool tk_settings_sets(const struct tk_settings *set, unsigned bit)
+{
+    switch (bit) {
+    case TK_OPT_KEEPALIVE:
+        return set->keepalive;
+    case TK_OPT_KEEPIDLE:
+        return set->keepidle_s != 0;
+    case TK_OPT_KEEPINTVL:
+        return set->keepintvl_s != 0;
+    case TK_OPT_KEEPCNT:
+        return set->keepcnt != 0;
+    case TK_OPT_USER_TIMEOUT:
+        return set->user_timeout_ms != 0;
+    default:
+        return false;
+    }
 }

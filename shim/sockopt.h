@@ -14,8 +14,15 @@ bool tk_is_tcp_args(int domain, int type, int protocol);
 bool tk_is_tcp_fd(int fd);
 /* SO_COOKIE, or 0 if it cannot be read. */
 uint64_t tk_socket_cookie(int fd);
-/* Sets SO_KEEPALIVE and the configured TCP_KEEP* / TCP_USER_TIMEOUT;
- * a failure is logged at debug and otherwise ignored. */
-void tk_apply_options(int fd, const struct tk_config *cfg);
+/* Sets SO_KEEPALIVE and the TCP_KEEP* / TCP_USER_TIMEOUT values of `set`,
+ * skipping those in `own` (TK_OPT_* the program set itself) unless
+ * set->override. `again`: a new rules file changed the settings of a live
+ * connection, so SO_KEEPALIVE is set either way. A failure is logged at
+ * debug and counted. Returns true if it turned SO_KEEPALIVE on. */
+bool tk_apply_options(int fd, const struct tk_settings *set, unsigned own, bool again);
+/* The TK_OPT_* bit of a setsockopt(level, name) the shim also sets, or 0. */
+unsigned tk_option_bit(int level, int name);
+/* Whether `set` gives a value for that option (so override swallows it). */
+bool tk_settings_sets(const struct tk_settings *set, unsigned bit);
 
 #endif

@@ -16,6 +16,7 @@
 #define uthash_nonfatal_oom(obj) (hash_oom = true)
 static bool hash_oom;
 
+#include "stats.h"
 #include "table.h"
 
 _Atomic(struct tk_conn *) tk_slot[TK_MAX_FD];
@@ -73,6 +74,8 @@ static struct tk_conn *record_alloc(void)
 
 static void record_free(struct tk_conn *c)
 {
+    if (c->kind != TK_KIND_SOCKET)
+        tk_count(&tk_stats.tracked_now, -1);
     tk_queue_remove(c);
     HASH_DELETE(hh, by_cookie, c);
     __atomic_store_n(&c->cookie, 0, __ATOMIC_RELAXED); /* the hot path reads it unlocked */
@@ -155,7 +158,7 @@ struct tk_conn *tk_table_find(uint64_t cookie)
     return c;
 }
 
-struct tk_conn *tk_table_bind(int fd, uint64_t cookie, enum tk_kind kind, uint64_t now_ns)
+struct tk_conn *tk_table_bind(int fd, uint64_t cookie)
 {
     _Atomic(struct tk_conn *) *slot = slot_ref(fd);
     if (!slot)
@@ -173,16 +176,18 @@ struct tk_conn *tk_table_bind(int fd, uint64_t cookie, enum tk_kind kind, uint64
         tk_table_oom = true;
         return NULL;
     }
-    /* The watchdog may still read a recycled record's stamp and cookie
-     * without the lock (and finds the cookie changed): store those two
+    /* The watchdog may still read a recycled record's stamps and cookie
+     * without the lock (and finds the cookie changed): store those
      * atomically, clear the rest. */
     memset(&c->check_at_ns, 0, sizeof(*c) - offsetof(struct tk_conn, check_at_ns));
-    atomic_store_explicit(&c->last_call_ns, now_ns, memory_order_relaxed);
+    atomic_store_explicit(&c->last_read, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->last_write, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->eof_at, 0, memory_order_relaxed);
     __atomic_store_n(&c->cookie, cookie, __ATOMIC_RELAXED);
     c->heap_index = TK_NOT_QUEUED;
     c->fd = fd;
     c->refs = 1;
-    c->kind = (uint8_t)kind;
+    c->kind = TK_KIND_SOCKET;
     hash_oom = false;
     HASH_ADD(hh, by_cookie, cookie, sizeof(c->cookie), c);
     if (hash_oom) {
@@ -216,4 +221,11 @@ void tk_table_dup(int oldfd, int newfd)
 unsigned tk_table_count(void)
 {
     return record_count;
+}
+
+void tk_table_foreach(void (*fn)(struct tk_conn *c, void *ctx), void *ctx)
+{
+    struct tk_conn *c, *tmp;
+    HASH_ITER(hh, by_cookie, c, tmp)
+        fn(c, ctx);
 }

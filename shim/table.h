@@ -5,7 +5,7 @@
  * it from an fd-indexed slot array. Who touches what:
  *
  *   hot path (read/write family, any thread, signal handlers): tk_slot_get()
- *       and a relaxed store to rec->last_call_ns. Atomic loads only.
+ *       and relaxed stores to rec->last_read, last_write, eof_at.
  *   cold path (socket, accept, connect, close, dup*, fcntl, close_range) and
  *       the watchdog: everything else, between tk_table_lock/unlock, which
  *       block every signal while the lock is held.
@@ -23,6 +23,8 @@
 
 #include <uthash.h>
 
+#include "config.h"
+
 enum tk_kind {
     TK_KIND_SOCKET = 0, /* made by socket(): listening or not yet connected */
     TK_KIND_CONN,       /* an accepted or connected connection: watched */
@@ -32,16 +34,53 @@ enum tk_kind {
 
 #define TK_NOT_QUEUED UINT32_MAX
 
+/* Options the program set itself (setsockopt), which the shim then leaves
+ * alone unless TCPKEEP_OVERRIDE is on. */
+enum {
+    TK_OPT_KEEPALIVE = 1 << 0,
+    TK_OPT_KEEPIDLE = 1 << 1,
+    TK_OPT_KEEPINTVL = 1 << 2,
+    TK_OPT_KEEPCNT = 1 << 3,
+    TK_OPT_USER_TIMEOUT = 1 << 4,
+};
+
+/* What the watchdog last learned from the kernel (TCP_INFO) about a
+ * connection; it only ever moves forward. Times in CLOCK_MONOTONIC ns,
+ * 0 = not seen. */
+struct tk_seen {
+    uint64_t read_ns;      /* data last received */
+    uint64_t write_ns;     /* data last sent */
+    uint64_t progress_ns;  /* tcpi_bytes_acked last advanced (estimated, never early) */
+    uint64_t acked;        /* tcpi_bytes_acked then */
+    uint64_t closewait_ns; /* first seen in CLOSE_WAIT: the peer closed its side */
+    uint64_t poll_ns;      /* look again by then even if nothing is due (half-closed) */
+    uint8_t got_byte;      /* the kernel received data on it */
+};
+
+struct tk_settings;
+
 struct tk_conn {
-    _Atomic uint64_t last_call_ns; /* hot path: tk_stamp() of the last byte moved */
+    /* Hot path: tk_stamp() of the last read / write that moved data, and
+     * of the first read that returned end-of-file; 0 = none yet. */
+    _Atomic uint64_t last_read;
+    _Atomic uint64_t last_write;
+    _Atomic uint64_t eof_at;
     uint64_t cookie;               /* SO_COOKIE: identity, the hash key; read unlocked by
                                       the hot path, so written with __atomic_store_n */
     uint64_t check_at_ns;          /* when the watchdog looks at it next */
+    uint64_t born_ns;              /* accepted or connected: every policy's clock starts here */
+    struct tk_seen seen;
+    const struct tk_settings *set; /* what applies to it; NULL = not managed */
+    struct tk_conn_key key;        /* direction, server port, peer: for the rules */
     uint32_t heap_index;           /* position in the deadline heap, or TK_NOT_QUEUED */
     int fd;                        /* one descriptor that refers to it */
     uint32_t refs;                 /* descriptors that refer to it */
+    uint16_t jitter;               /* its lifetime draw in [0, 65535]: drawn once */
     uint8_t kind;                  /* enum tk_kind */
     uint8_t checking;              /* the watchdog is looking at it outside the lock */
+    uint8_t own_opts;              /* TK_OPT_*: set by the program itself */
+    uint8_t shim_keepalive;        /* the shim set SO_KEEPALIVE on it (or its listener) */
+    uint8_t dry_said;              /* dry run: reasons already logged, one bit each */
     UT_hash_handle hh;
 };
 
@@ -73,9 +112,10 @@ void tk_table_after_fork_child(void);
 /* Everything below needs the lock. */
 
 /* `fd` was just returned by a wrapped call: drop whatever its slot held and
- * bind it to the record for `cookie`, made now if new (with last_call = now).
- * Returns the record, or NULL when out of memory or fd is out of range. */
-struct tk_conn *tk_table_bind(int fd, uint64_t cookie, enum tk_kind kind, uint64_t now_ns);
+ * bind it to the record for `cookie`, made now if new (TK_KIND_SOCKET, no
+ * stamps, not managed). Returns the record, or NULL when out of memory or
+ * fd is out of range. */
+struct tk_conn *tk_table_bind(int fd, uint64_t cookie);
 /* `newfd` now refers to what `oldfd` does (dup family): drop newfd's stale
  * binding, then share oldfd's record if it has one. */
 void tk_table_dup(int oldfd, int newfd);
@@ -89,6 +129,8 @@ void tk_table_unbind_if(int fd, struct tk_conn *c);
 struct tk_conn *tk_table_find(uint64_t cookie);
 /* Tracked records, of any kind. */
 unsigned tk_table_count(void);
+/* Calls fn for every record. */
+void tk_table_foreach(void (*fn)(struct tk_conn *c, void *ctx), void *ctx);
 
 /* Deadline queue: the watched connections ordered by check_at_ns. */
 void tk_queue_set(struct tk_conn *c, uint64_t check_at_ns); /* insert or move */

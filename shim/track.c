@@ -2,6 +2,10 @@
  * Every function here keeps errno and returns at once, with one load, when
  * the descriptors involved are not tracked. */
 #include <errno.h>
+#include <sys/socket.h>
+
+#include "rules.h"
+#include "stats.h"
 
 #include "clock.h"
 #include "log.h"
@@ -57,23 +61,129 @@ void tk_set_private_fd(int which, int fd)
     atomic_store_explicit(&private_fds[which], fd, memory_order_relaxed);
 }
 
-void tk_track(int fd, enum tk_kind kind)
+const struct tk_settings *tk_settings_for(const struct tk_conn_key *key)
+{
+    if (tk_cfg.has_filter && !tk_match_conn(&tk_cfg.filter, key))
+        return NULL;
+    const struct tk_settings *rule = tk_rules_current ? tk_rules_lookup(tk_rules_current, key)
+                                                      : NULL;
+    return rule ? rule : &tk_cfg.set;
+}
+
+/* Start the watchdog now if it has more to do than cuts. */
+static void wake_for_chores(void)
+{
+    if (tk_watchdog_has_chores())
+        tk_watchdog_notify(UINT64_MAX);
+}
+
+void tk_track_socket(int fd)
+{
+    int saved = errno;
+    if (tk_is_private_fd(fd))
+        release_private(fd);
+    /* Without rules every TCP socket gets the options when it is made, so
+     * that the program's own later setsockopt wins (the contract). */
+    bool keepalive = !tk_deferred && tk_apply_options(fd, &tk_cfg.set, 0, false);
+    if (keepalive)
+        tk_count(&tk_stats.keepalive_set, 1);
+    uint64_t cookie = tk_socket_cookie(fd);
+    sigset_t old;
+    tk_table_lock(&old);
+    struct tk_conn *c = cookie ? tk_table_bind(fd, cookie) : NULL;
+    if (!c) {
+        tk_table_unbind(fd); /* whatever the number held before is stale */
+    } else {
+        if (!tk_deferred)
+            c->set = &tk_cfg.set; /* so that override holds from the start */
+        c->shim_keepalive = keepalive;
+        wake_for_chores();
+    }
+    tk_table_unlock(&old);
+    errno = saved;
+}
+
+void tk_track_conn(int fd, int listener, uint8_t direction, const struct sockaddr *peer)
 {
     int saved = errno;
     if (tk_is_private_fd(fd))
         release_private(fd);
     uint64_t cookie = tk_socket_cookie(fd);
+    /* Ports and peer matter only to rules: no system call for them otherwise. */
+    struct tk_conn_key key;
+    struct sockaddr_storage local, remote;
+    bool have_local = false;
+    if (tk_deferred) {
+        socklen_t len = sizeof(local);
+        have_local = getsockname(fd, (struct sockaddr *)&local, &len) == 0;
+        len = sizeof(remote);
+        if (!peer && getpeername(fd, (struct sockaddr *)&remote, &len) == 0)
+            peer = (struct sockaddr *)&remote;
+    } else {
+        peer = NULL;
+    }
+    tk_conn_key_set(&key, direction, have_local ? (struct sockaddr *)&local : NULL, peer);
+
+    struct tk_settings set;
+    unsigned own = 0;
+    bool apply = false, inherited_keepalive = false;
     sigset_t old;
     tk_table_lock(&old);
-    struct tk_conn *c = cookie ? tk_table_bind(fd, cookie, kind, tk_stamp()) : NULL;
-    if (!c)
-        tk_table_unbind(fd); /* whatever the number held before is stale */
-    else if (kind == TK_KIND_CONN && c->kind == TK_KIND_CONN && tk_policy.idle_ns) {
-        tk_schedule_watch(c, &tk_policy, tk_now_ns());
-        tk_watchdog_notify(c->check_at_ns);
+    struct tk_conn *c = tk_slot_get(fd);
+    if (!c || c->cookie != cookie) /* connect() keeps socket()'s record */
+        c = cookie ? tk_table_bind(fd, cookie) : NULL;
+    if (!c) {
+        tk_table_unbind(fd);
+    } else if (c->kind == TK_KIND_SOCKET) {
+        struct tk_conn *from = listener >= 0 ? tk_slot_get(listener) : NULL;
+        if (from) {
+            c->own_opts |= from->own_opts;
+            c->shim_keepalive = from->shim_keepalive;
+            inherited_keepalive = from->shim_keepalive && !tk_deferred;
+        }
+        c->key = key;
+        const struct tk_settings *s = tk_settings_for(&key);
+        if (!s) {
+            tk_table_unbind(fd); /* not managed: passed through from now on */
+        } else {
+            set = *s;
+            own = c->own_opts;
+            /* Without rules the options came with socket(), or with the
+             * listener; one accepted from a listener we did not see made
+             * (inherited across exec) gets them now. */
+            apply = tk_deferred || (direction == TK_DIR_IN && !from);
+            if (tk_schedule_watch(c, s, tk_now_ns()))
+                tk_watchdog_notify(c->check_at_ns);
+            else
+                wake_for_chores();
+        }
+    }
+    tk_table_unlock(&old);
+    if (inherited_keepalive)
+        tk_count(&tk_stats.keepalive_set, 1);
+    if (apply && tk_apply_options(fd, &set, own, false)) {
+        tk_count(&tk_stats.keepalive_set, 1);
+        struct tk_conn *now = tk_slot_get(fd);
+        if (now && now->cookie == cookie)
+            now->shim_keepalive = 1;
+    }
+    errno = saved;
+}
+
+bool tk_own_option(int fd, unsigned bit)
+{
+    int saved = errno;
+    bool swallow = false;
+    sigset_t old;
+    tk_table_lock(&old);
+    struct tk_conn *c = tk_slot_get(fd);
+    if (c) {
+        c->own_opts |= bit;
+        swallow = c->set && c->set->override && tk_settings_sets(c->set, bit);
     }
     tk_table_unlock(&old);
     errno = saved;
+    return swallow;
 }
 
 /* Drop fd's binding, if it has one (one load when it has none). */
@@ -121,27 +231,6 @@ void tk_before_close_range(unsigned first, unsigned last)
     sigset_t old;
     tk_table_lock(&old);
     tk_table_unbind_range(first, last);
-    tk_table_unlock(&old);
-    errno = saved;
-}
-
-void tk_connected(int fd)
-{
-    struct tk_conn *c = tk_slot_get(fd);
-    if (!c)
-        return;
-    int saved = errno;
-    sigset_t old;
-    tk_table_lock(&old);
-    c = tk_slot_get(fd); /* again, under the lock */
-    if (c && c->kind == TK_KIND_SOCKET) {
-        atomic_store_explicit(&c->last_call_ns, tk_stamp(), memory_order_relaxed);
-        c->kind = TK_KIND_CONN;
-        if (tk_policy.idle_ns) {
-            tk_schedule_watch(c, &tk_policy, tk_now_ns());
-            tk_watchdog_notify(c->check_at_ns);
-        }
-    }
     tk_table_unlock(&old);
     errno = saved;
 }

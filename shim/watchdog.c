@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -19,6 +20,9 @@
 
 #include "clock.h"
 #include "log.h"
+#include "mem.h"
+#include "rules.h"
+#include "stats.h"
 #include "shim.h"
 #include "sockopt.h"
 
@@ -39,6 +43,14 @@ static void init_cond(void)
     cond_ready = true;
 }
 
+/* glibc's struct tcp_info stops at tcpi_total_retrans; the kernel's goes on. */
+struct tk_tcp_info {
+    struct tcp_info base;
+    uint64_t pacing_rate, max_pacing_rate;
+    uint64_t bytes_acked, bytes_received;
+};
+_Static_assert(offsetof(struct tk_tcp_info, bytes_acked) == 120, "the kernel's tcp_info layout");
+
 /* What the kernel says about the candidate's fd; `*dup_fd` gets a dup of
  * it (or -1) for the caller to shut down and close. */
 static void observe(const struct tk_candidate *cand, struct tk_observation *obs, int *dup_fd)
@@ -58,14 +70,21 @@ static void observe(const struct tk_candidate *cand, struct tk_observation *obs,
     }
     obs->same_socket = true;
     *dup_fd = d;
-    struct tcp_info info;
+    struct tk_tcp_info info;
     socklen_t len = sizeof(info);
     memset(&info, 0, sizeof(info));
     if (getsockopt(d, IPPROTO_TCP, TCP_INFO, &info, &len) == 0) {
         obs->have_info = true;
-        obs->tcp_state = info.tcpi_state;
-        obs->last_data_recv_ms = info.tcpi_last_data_recv;
-        obs->last_data_sent_ms = info.tcpi_last_data_sent;
+        obs->tcp_state = info.base.tcpi_state;
+        obs->last_data_recv_ms = info.base.tcpi_last_data_recv;
+        obs->last_data_sent_ms = info.base.tcpi_last_data_sent;
+        obs->last_ack_recv_ms = info.base.tcpi_last_ack_recv;
+        obs->unacked = info.base.tcpi_unacked;
+        obs->rtt_us = info.base.tcpi_rtt;
+        if (len >= offsetof(struct tk_tcp_info, bytes_received) + sizeof(uint64_t)) {
+            obs->bytes_acked = info.bytes_acked;
+            obs->bytes_received = info.bytes_received;
+        }
     }
 }
 
@@ -88,28 +107,65 @@ static void format_addr(const struct sockaddr_storage *ss, char *out, size_t siz
     }
 }
 
-static void cut(int fd, int d, uint64_t idle_ns)
+/* Ends the connection behind the dup `d` (the program's fd stays open):
+ * shutdown, or a reset by disconnecting it (connect to AF_UNSPEC), which a
+ * kernel may refuse while a thread waits on the socket. */
+static const char *end_connection(int fd, int d, uint8_t action)
 {
-    char local[64] = "?", peer[64] = "?";
-    bool say = tk_log_enabled(TK_LOG_INFO);
-    if (say) {
-        struct sockaddr_storage ss;
-        socklen_t len = sizeof(ss);
-        if (getsockname(d, (struct sockaddr *)&ss, &len) == 0)
-            format_addr(&ss, local, sizeof(local));
-        len = sizeof(ss);
-        if (getpeername(d, (struct sockaddr *)&ss, &len) == 0)
-            format_addr(&ss, peer, sizeof(peer));
+    if (action == TK_ACTION_RESET) {
+        struct sockaddr unspec = { .sa_family = AF_UNSPEC };
+        if (syscall(SYS_connect, d, &unspec, (socklen_t)sizeof(unspec)) == 0)
+            return "reset";
+        int err = errno;
+        tk_log(TK_LOG_WARN, "fd %d: the reset was refused (%s); shut down instead", fd,
+               strerror(err));
     }
-    /* Logged first: the program may exit the moment it reads end-of-file,
-     * taking this thread with it before a line written afterwards. */
-    if (say)
-        tk_log(TK_LOG_INFO, "fd %d %s -> %s: idle for %.3f s, shut down", fd, local, peer,
-               (double)idle_ns / 1e9);
     if (shutdown(d, SHUT_RDWR) != 0) {
         int err = errno;
         tk_log(TK_LOG_INFO, "fd %d: the shutdown failed: %s", fd, strerror(err));
     }
+    return "shut down";
+}
+
+static void describe(int d, char *local, char *peer, size_t size)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    if (getsockname(d, (struct sockaddr *)&ss, &len) == 0)
+        format_addr(&ss, local, size);
+    len = sizeof(ss);
+    if (getpeername(d, (struct sockaddr *)&ss, &len) == 0)
+        format_addr(&ss, peer, size);
+}
+
+static void cut(const struct tk_candidate *cand, int d, const struct tk_decision *dec)
+{
+    char local[64] = "?", peer[64] = "?";
+    const char *how = cand->set.action == TK_ACTION_RESET ? "reset" : "shut down";
+    bool say = tk_log_enabled(TK_LOG_INFO);
+    if (say)
+        describe(d, local, peer, sizeof(local));
+    /* Logged first: the program may exit the moment it reads end-of-file,
+     * taking this thread with it before a line written afterwards. */
+    if (say)
+        tk_log(TK_LOG_INFO, "fd %d %s -> %s: %s for %.3f s, %s", cand->fd, local, peer,
+               tk_reason_token[dec->reason], (double)dec->held_ns / 1e9, how);
+    tk_count(&tk_stats.cuts[dec->reason], 1);
+    end_connection(cand->fd, d, cand->set.action);
+}
+
+/* Dry run: report each due reason once, cut nothing. */
+static void would_cut(struct tk_candidate *cand, int d, const struct tk_decision *dec)
+{
+    char local[64] = "?", peer[64] = "?";
+    if (tk_log_enabled(TK_LOG_WARN)) {
+        describe(d, local, peer, sizeof(local));
+        tk_log(TK_LOG_WARN, "fd %d %s -> %s: %s for %.3f s, would be %s (dry run)", cand->fd,
+               local, peer, tk_reason_token[dec->reason], (double)dec->held_ns / 1e9,
+               cand->set.action == TK_ACTION_RESET ? "reset" : "shut down");
+    }
+    tk_count(&tk_stats.would_cut[dec->reason], 1);
+    cand->dry_said |= (uint8_t)(1u << dec->reason);
 }
 
 /* Said once: from now on only the kernel's TCP_INFO tells activity. */
@@ -133,13 +189,119 @@ static void check_batch(struct tk_candidate *batch, struct tk_decision *decision
         uint64_t now = tk_clock_now();
         tk_schedule_refresh(&batch[i]);
         decisions[i] = tk_schedule_decide(&batch[i], &obs, now, &tk_policy);
+        /* In a dry run each due reason is reported, then the next one is
+         * looked for (one bit per reason: at most TK_REASONS rounds). */
+        while (decisions[i].verdict == TK_VERDICT_CUT && batch[i].set.dry_run) {
+            would_cut(&batch[i], d, &decisions[i]);
+            decisions[i] = tk_schedule_decide(&batch[i], &obs, now, &tk_policy);
+        }
         if (decisions[i].verdict == TK_VERDICT_CUT)
-            cut(batch[i].fd, d, decisions[i].idle_ns);
+            cut(&batch[i], d, &decisions[i]);
         if (d >= 0) {
             syscall(SYS_close, d);
             tk_set_private_fd(TK_PRIVATE_WATCHDOG, -1);
         }
     }
+}
+
+/* ---- A new rules file: every connection's settings again ---- */
+
+struct reapply {
+    uint64_t cookie;
+    int fd;
+    unsigned own;
+    struct tk_settings set;
+};
+
+struct regather {
+    struct reapply *list;
+    size_t n, cap;
+    uint64_t now;
+};
+
+static void resettle(struct tk_conn *c, void *ctx)
+{
+    struct regather *g = ctx;
+    if (c->kind != TK_KIND_CONN || !c->set)
+        return;
+    const struct tk_settings *s = tk_settings_for(&c->key);
+    if (!s) /* the environment's filter does not change: cannot happen */
+        return;
+    c->set = s;
+    tk_schedule_rewatch(c, g->now);
+    if (g->list && g->n < g->cap && c->fd >= 0)
+        g->list[g->n++] = (struct reapply){ c->cookie, c->fd, c->own_opts, *s };
+}
+
+static void apply_again(const struct reapply *r)
+{
+    int d = (int)syscall(SYS_fcntl, r->fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0)
+        return;
+    tk_set_private_fd(TK_PRIVATE_WATCHDOG, d);
+    if (tk_socket_cookie(d) == r->cookie)
+        tk_apply_options(d, &r->set, r->own, true);
+    syscall(SYS_close, d);
+    tk_set_private_fd(TK_PRIVATE_WATCHDOG, -1);
+}
+
+/* Under the lock (released and taken again while options are set). */
+static void install_rules(struct tk_rules *rules, pthread_mutex_t *lock)
+{
+    struct tk_rules *old = tk_rules_current;
+    tk_rules_current = rules;
+    struct regather g = { NULL, 0, tk_table_count(), tk_clock_now() };
+    size_t bytes = g.cap * sizeof(struct reapply);
+    if (g.cap)
+        g.list = tk_mem_alloc(bytes);
+    tk_table_foreach(resettle, &g);
+    if (old)
+        tk_rules_free(old); /* no record points into it any more */
+    tk_watchdog_notify(g.now);
+    pthread_mutex_unlock(lock);
+    for (size_t i = 0; i < g.n; i++)
+        apply_again(&g.list[i]);
+    if (g.list)
+        tk_mem_free(g.list, bytes);
+    pthread_mutex_lock(lock);
+}
+
+/* The chores beside cuts: the rules file (checked once a second) and the
+ * stats file (written every 2 s). Returns when they are next due. */
+#define TK_RULES_POLL_NS TK_NS_PER_S
+#define TK_STATS_EVERY_NS (2 * TK_NS_PER_S)
+static uint64_t next_rules_poll, next_stats;
+
+static uint64_t chores(uint64_t now, pthread_mutex_t *lock)
+{
+    uint64_t next = UINT64_MAX;
+    if (tk_cfg.config_path[0]) {
+        if (now >= next_rules_poll) {
+            next_rules_poll = now + TK_RULES_POLL_NS;
+            pthread_mutex_unlock(lock);
+            struct tk_rules *fresh = tk_rules_file_poll();
+            pthread_mutex_lock(lock);
+            if (fresh)
+                install_rules(fresh, lock);
+        }
+        next = next_rules_poll;
+    }
+    if (tk_stats_enabled()) {
+        if (now >= next_stats) {
+            next_stats = now + TK_STATS_EVERY_NS;
+            pthread_mutex_unlock(lock);
+            tk_stats_write();
+            pthread_mutex_lock(lock);
+        }
+        if (next_stats < next)
+            next = next_stats;
+    }
+    return next;
+}
+
+bool tk_watchdog_has_chores(void)
+{
+    return tk_cfg.config_path[0] || tk_stats_enabled();
 }
 
 static void *watchdog_main(void *arg)
@@ -154,9 +316,13 @@ static void *watchdog_main(void *arg)
     pthread_mutex_lock(lock);
     for (;;) {
         uint64_t now = tk_clock_now();
+        uint64_t chores_due = chores(now, lock);
+        now = tk_clock_now();
         unsigned n = tk_schedule_collect(now, &tk_policy, batch, TK_BATCH);
         if (n == 0) {
             uint64_t next = tk_schedule_next();
+            if (chores_due < next)
+                next = chores_due;
             sleeping_until = next;
             if (next == UINT64_MAX) {
                 pthread_cond_wait(&wake, lock);
@@ -221,6 +387,7 @@ void tk_watchdog_after_fork_child(void)
     sleeping_until = 0;
     init_cond();
     tk_schedule_after_fork_child(tk_clock_now());
-    if (tk_schedule_next() != UINT64_MAX)
+    next_rules_poll = next_stats = 0;
+    if (tk_schedule_next() != UINT64_MAX || (tk_watchdog_has_chores() && tk_table_count()))
         start();
 }

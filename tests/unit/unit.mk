@@ -1,4 +1,4 @@
-# cmocka unit tests of the shim's pure logic (config, table, queue,
+# cmocka unit tests of the shim's pure logic (config, rules, table, queue,
 # schedule), built straight from the shim's sources with no interposition:
 # none of the hooks (io.c, hook_*.c, init.c, watchdog.c, log.c, track.c,
 # sockopt.c, real.c) is linked. clock.c comes along for schedule.c's
@@ -16,16 +16,20 @@ UNIT_OUT    := $(BUILD)/tests
 UNIT_CFLAGS := $(CFLAGS) -std=gnu11 -D_GNU_SOURCE -Ishim -pthread $(WARN)
 UNIT_LIBS   := -lcmocka
 
-UNIT_TESTS  := test_config test_table test_schedule test_clock
+UNIT_TESTS  := test_config test_rules test_table test_schedule test_clock
 
 # The shim sources each test is linked with.
 UNIT_SRC_test_config   := shim/config.c
+# test_rules stubs tk_log and tk_log_stderr to capture what they say.
+UNIT_SRC_test_rules    := shim/rules.c shim/rules_file.c shim/config.c shim/mem.c
 # test_clock includes shim/clock.c itself, with fake time sources.
 UNIT_SRC_test_clock    :=
 UNIT_SRC_test_table    := shim/table.c shim/queue.c shim/mem.c
 UNIT_SRC_test_schedule := shim/schedule.c shim/clock.c shim/table.c shim/queue.c shim/mem.c
 # test_table injects allocation failures around the real tk_mem_alloc.
 UNIT_LDFLAGS_test_table := -Wl,--wrap=tk_mem_alloc
+# test_rules injects allocation failures and counts what is not freed.
+UNIT_LDFLAGS_test_rules := -Wl,--wrap=tk_mem_alloc -Wl,--wrap=tk_mem_free
 
 UNIT_BINS := $(UNIT_TESTS:%=$(UNIT_OUT)/%)
 
