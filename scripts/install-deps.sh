@@ -2,6 +2,7 @@
 # Installs Debian packages the project needs, if they are missing.
 #
 #   install-deps.sh                      what `make check` and `make demo` need
+#                                        (and, optional, systemd for systemd-analyze)
 #   install-deps.sh [--name NAME] [--optional "PKG..."] PKG...
 #                                        these (install-bench-deps.sh uses this)
 #
@@ -15,6 +16,7 @@
 
 me=install-deps
 optional=
+optional_default="systemd"   # systemd-analyze verify, for test_systemd; absent in many containers
 while [ $# -gt 0 ]; do
     case $1 in
     --name)     me=$2; shift 2 ;;
@@ -23,6 +25,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 required="$*"
+[ -n "$required" ] || optional=${optional:-$optional_default}
 [ -n "$required" ] || required="build-essential uthash-dev libcmocka-dev netcat-openbsd socat
 iproute2 python3 procps strace valgrind redis-server redis-tools nginx-light memcached wrk curl
 libkeepalive0 libjemalloc2"
@@ -69,6 +72,7 @@ provided() {
     linux-perf)      command -v perf ;;
     libkeepalive0)   libfile libkeepalive.so ;;
     libjemalloc2)    libfile libjemalloc.so.2 ;;
+    systemd)         command -v systemd-analyze ;;
     *)               false ;;
     esac >/dev/null 2>&1
 }

@@ -56,6 +56,15 @@ static size_t iov_bytes(const struct iovec *iov, int cnt)
             note_eof(c);                             \
     } while (0)
 
+/* A write call is under way: under TCPKEEP_ACTIVITY=calls the peer's
+ * acknowledgements count as progress only while the program is in one (a
+ * slow reader is not idle, a splice() the shim cannot see is). Reads: no-op. */
+#define TK_WRITING(c, dir, delta)                                                    \
+    do {                                                                             \
+        if (__builtin_offsetof(struct tk_conn, dir) == __builtin_offsetof(struct tk_conn, last_write)) \
+            atomic_fetch_add_explicit(&(c)->writing, (uint32_t)(delta), memory_order_relaxed); \
+    } while (0)
+
 static inline void touch(int fd, int is_read)
 {
     struct tk_conn *c = tk_slot_get(fd);
@@ -94,7 +103,9 @@ static inline void touch(int fd, int is_read)
     static __attribute__((noinline)) type name##_tracked(                      \
         TK_UNPAREN params, struct tk_conn *c, __typeof__(tk_real.field) real)  \
     {                                                                          \
+        TK_WRITING(c, dir, 1);                                                 \
         type r = real args;                                                    \
+        TK_WRITING(c, dir, -1);                                                \
         TK_MOVED(c, r, dir, eof_cond);                                         \
         return r;                                                              \
     }                                                                          \

@@ -9,8 +9,10 @@
 /* While a connection is being set up, look again soon: once established,
  * TCP_INFO's last-data times start from the handshake. */
 #define TK_HANDSHAKE_RECHECK_NS (100 * 1000000ULL)
-/* The longest a peer may delay its ACK (Linux: TCP_DELACK_MAX). */
-#define TK_DELACK_MAX_NS (200 * 1000000ULL)
+/* How long a peer holds back the ACK of the last segment before its window
+ * closes: Linux acknowledges a filling receive queue at once, or after its
+ * shortest delayed-ACK timeout (TCP_ATO_MIN, 40 ms). */
+#define TK_ACK_DELAY_NS (40 * 1000000ULL)
 
 /* Candidates handed to the watchdog and not settled yet (one watchdog per
  * process), so that a forked child can requeue them. */
@@ -40,20 +42,24 @@ static struct tk_seen learn(const struct tk_candidate *c, const struct tk_observ
     s.write_ns = max64(s.write_ns, ago(now, obs->last_data_sent_ms));
     if (obs->bytes_received > 0)
         s.got_byte = 1;
-    if (obs->bytes_acked > s.acked) {
+    /* A connection the program made has its SYN counted as 1 byte acked. */
+    uint64_t acked_before = s.acked ? s.acked : c->direction == TK_DIR_OUT;
+    if (obs->bytes_acked > acked_before) {
         /* The peer acknowledged data since the last look; the last ACK it
          * sent is the latest that could have been. With nothing in flight,
-         * window probes may have been answered since: the progress was the
-         * ACK of the last data sent, one round trip (plus a delayed ACK)
-         * after it left. Never earlier than the truth. */
+         * or its window closed, the ACKs since may answer window probes,
+         * retransmissions or keepalives: the progress was the ACK of the
+         * last data sent, one round trip (plus an ACK delay) after it left. */
         uint64_t at = ago(now, obs->last_ack_recv_ms);
-        if (obs->unacked == 0 && s.write_ns)
-            at = min64(at, s.write_ns + (uint64_t)obs->rtt_us * 1000 + TK_DELACK_MAX_NS);
+        if ((obs->unacked == 0 || obs->window_closed) && s.write_ns)
+            at = min64(at, s.write_ns + (uint64_t)obs->rtt_us * 1000 + TK_ACK_DELAY_NS);
         s.progress_ns = max64(s.progress_ns, at);
         s.acked = obs->bytes_acked;
     }
     if (obs->tcp_state == TCP_CLOSE_WAIT && !s.closewait_ns)
         s.closewait_ns = now;
+    if (obs->tcp_state != TCP_CLOSE_WAIT)
+        s.open_ns = now;
     return s;
 }
 
@@ -69,10 +75,17 @@ struct due {
     enum tk_reason reason;
 };
 
+/* Reasons already reported count only while the dry run lasts (a rules
+ * file may turn it off). */
+static unsigned said(const struct tk_candidate *c)
+{
+    return c->set.dry_run ? c->dry_said : 0;
+}
+
 static void consider(struct due *d, const struct tk_candidate *c, enum tk_reason r,
                      uint64_t limit_ms, uint64_t since)
 {
-    if (!limit_ms || (c->dry_said & (1u << r)))
+    if (!limit_ms || (said(c) & (1u << r)))
         return;
     uint64_t at = since + limit_ms * TK_NS_PER_MS;
     if (at < d->at) {
@@ -153,7 +166,10 @@ struct tk_decision tk_schedule_decide(const struct tk_candidate *c,
         if (s.write_ns)
             wr = max64(wr, s.write_ns + slack);
     }
-    if (s.progress_ns) /* a slow reader is not idle, in every mode */
+    /* A slow reader is not idle. Under calls, only while the program is in
+     * a write: acknowledged data it moved with calls we do not see (splice)
+     * is not its activity. */
+    if (s.progress_ns && (p->activity != TK_ACTIVITY_CALLS || c->writing))
         wr = max64(wr, s.progress_ns + slack);
 
     struct due due = { UINT64_MAX, 0, TK_REASON_IDLE };
@@ -166,11 +182,11 @@ struct tk_decision tk_schedule_decide(const struct tk_candidate *c,
             consider(&due, c, TK_REASON_FIRST_BYTE, set->first_byte_ms, born);
     }
     uint64_t poll = UINT64_MAX;
-    if (set->half_closed_ms && !(c->dry_said & (1u << TK_REASON_HALF_CLOSED))) {
+    if (set->half_closed_ms && !(said(c) & (1u << TK_REASON_HALF_CLOSED))) {
         /* Noticed when the program read end-of-file or we saw CLOSE_WAIT;
          * a read of end-of-file the socket's state denies does not count. */
         uint64_t h = s.closewait_ns;
-        if (c->eof_ns && (!h || c->eof_ns < h))
+        if (c->eof_ns && c->eof_ns > s.open_ns && (!h || c->eof_ns < h))
             h = c->eof_ns;
         if (confirmed && obs->tcp_state != TCP_CLOSE_WAIT)
             h = 0;
@@ -183,7 +199,7 @@ struct tk_decision tk_schedule_decide(const struct tk_candidate *c,
                                   : born + half_closed_poll_ns(set->half_closed_ms * TK_NS_PER_MS);
         }
     }
-    if (set->lifetime_ms && !(c->dry_said & (1u << TK_REASON_LIFETIME))) {
+    if (set->lifetime_ms && !(said(c) & (1u << TK_REASON_LIFETIME))) {
         uint64_t at = born + lifetime_ns(c);
         if (at < due.at) {
             due.at = at;
@@ -223,6 +239,7 @@ static void fill(struct tk_candidate *cand, struct tk_conn *c, bool convert)
     cand->last_read_ns = st[0];
     cand->last_write_ns = st[1];
     cand->eof_ns = st[2];
+    cand->writing = atomic_load_explicit(&c->writing, memory_order_relaxed);
     cand->born_ns = c->born_ns;
     cand->seen = c->seen;
     cand->set = *c->set;
@@ -352,6 +369,7 @@ void tk_schedule_refresh(struct tk_candidate *cand)
     struct tk_conn *c = cand->rec;
     if (!c || __atomic_load_n(&c->cookie, __ATOMIC_RELAXED) != cand->cookie)
         return;
+    cand->writing = atomic_load_explicit(&c->writing, memory_order_relaxed);
     uint64_t *mine[3] = { &cand->last_read_ns, &cand->last_write_ns, &cand->eof_ns };
     _Atomic uint64_t *theirs[3] = { &c->last_read, &c->last_write, &c->eof_at };
     for (int i = 0; i < 3; i++) {

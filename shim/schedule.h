@@ -32,6 +32,7 @@ struct tk_candidate {
                                 are never unmapped; check the cookie first) */
     /* The program's calls, in CLOCK_MONOTONIC ns; 0 = none yet. */
     uint64_t last_read_ns, last_write_ns, eof_ns;
+    uint32_t writing;        /* write calls in progress (calls mode: acks count then) */
     uint64_t born_ns;
     struct tk_seen seen;
     struct tk_settings set;
@@ -49,6 +50,7 @@ struct tk_observation {
     uint64_t bytes_acked, bytes_received;
     uint32_t unacked;       /* segments in flight */
     uint32_t rtt_us;        /* smoothed round-trip time */
+    bool window_closed;     /* the peer advertises a zero window */
 };
 
 enum tk_verdict {

@@ -183,6 +183,7 @@ struct tk_conn *tk_table_bind(int fd, uint64_t cookie)
     atomic_store_explicit(&c->last_read, 0, memory_order_relaxed);
     atomic_store_explicit(&c->last_write, 0, memory_order_relaxed);
     atomic_store_explicit(&c->eof_at, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->writing, 0, memory_order_relaxed);
     __atomic_store_n(&c->cookie, cookie, __ATOMIC_RELAXED);
     c->heap_index = TK_NOT_QUEUED;
     c->fd = fd;

@@ -5,7 +5,7 @@
  * it from an fd-indexed slot array. Who touches what:
  *
  *   hot path (read/write family, any thread, signal handlers): tk_slot_get()
- *       and relaxed stores to rec->last_read, last_write, eof_at.
+ *       and relaxed stores to rec->last_read, last_write, eof_at, writing.
  *   cold path (socket, accept, connect, close, dup*, fcntl, close_range) and
  *       the watchdog: everything else, between tk_table_lock/unlock, which
  *       block every signal while the lock is held.
@@ -54,6 +54,8 @@ struct tk_seen {
     uint64_t acked;        /* tcpi_bytes_acked then */
     uint64_t closewait_ns; /* first seen in CLOSE_WAIT: the peer closed its side */
     uint64_t poll_ns;      /* look again by then even if nothing is due (half-closed) */
+    uint64_t open_ns;      /* last seen with the peer's side open: an end-of-file
+                              read before then was not the peer's (SHUT_RD) */
     uint8_t got_byte;      /* the kernel received data on it */
 };
 
@@ -65,6 +67,7 @@ struct tk_conn {
     _Atomic uint64_t last_read;
     _Atomic uint64_t last_write;
     _Atomic uint64_t eof_at;
+    _Atomic uint32_t writing;      /* hot path: write calls in progress on it */
     uint64_t cookie;               /* SO_COOKIE: identity, the hash key; read unlocked by
                                       the hot path, so written with __atomic_store_n */
     uint64_t check_at_ns;          /* when the watchdog looks at it next */

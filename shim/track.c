@@ -161,12 +161,8 @@ void tk_track_conn(int fd, int listener, uint8_t direction, const struct sockadd
     tk_table_unlock(&old);
     if (inherited_keepalive)
         tk_count(&tk_stats.keepalive_set, 1);
-    if (apply && tk_apply_options(fd, &set, own, false)) {
+    if (apply && tk_apply_options(fd, &set, own, false))
         tk_count(&tk_stats.keepalive_set, 1);
-        struct tk_conn *now = tk_slot_get(fd);
-        if (now && now->cookie == cookie)
-            now->shim_keepalive = 1;
-    }
     errno = saved;
 }
 

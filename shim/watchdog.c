@@ -23,6 +23,7 @@
 #include "mem.h"
 #include "rules.h"
 #include "stats.h"
+#include "tcpinfo.h"
 #include "shim.h"
 #include "sockopt.h"
 
@@ -43,49 +44,40 @@ static void init_cond(void)
     cond_ready = true;
 }
 
-/* glibc's struct tcp_info stops at tcpi_total_retrans; the kernel's goes on. */
-struct tk_tcp_info {
-    struct tcp_info base;
-    uint64_t pacing_rate, max_pacing_rate;
-    uint64_t bytes_acked, bytes_received;
-};
-_Static_assert(offsetof(struct tk_tcp_info, bytes_acked) == 120, "the kernel's tcp_info layout");
+static void release_dup(int d);
+
+/* A private dup of fd if it is still the socket `cookie` names, else -1.
+ * Acting on the dup is safe whatever happens to the number fd meanwhile. */
+static int dup_if_same(int fd, uint64_t cookie)
+{
+    if (fd < 0)
+        return -1;
+    int d = (int)syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0)
+        return -1; /* EBADF: closed behind our back */
+    tk_set_private_fd(TK_PRIVATE_WATCHDOG, d);
+    if (tk_socket_cookie(d) == cookie)
+        return d;
+    release_dup(d);
+    return -1;
+}
+
+static void release_dup(int d)
+{
+    syscall(SYS_close, d);
+    tk_set_private_fd(TK_PRIVATE_WATCHDOG, -1);
+}
 
 /* What the kernel says about the candidate's fd; `*dup_fd` gets a dup of
- * it (or -1) for the caller to shut down and close. */
+ * it (or -1) for the caller to shut down and release. */
 static void observe(const struct tk_candidate *cand, struct tk_observation *obs, int *dup_fd)
 {
     memset(obs, 0, sizeof(*obs));
-    *dup_fd = -1;
-    if (cand->fd < 0)
+    *dup_fd = dup_if_same(cand->fd, cand->cookie);
+    if (*dup_fd < 0)
         return;
-    int d = (int)syscall(SYS_fcntl, cand->fd, F_DUPFD_CLOEXEC, 0);
-    if (d < 0)
-        return; /* EBADF: closed behind our back */
-    tk_set_private_fd(TK_PRIVATE_WATCHDOG, d);
-    if (tk_socket_cookie(d) != cand->cookie) {
-        tk_set_private_fd(TK_PRIVATE_WATCHDOG, -1);
-        syscall(SYS_close, d);
-        return;
-    }
     obs->same_socket = true;
-    *dup_fd = d;
-    struct tk_tcp_info info;
-    socklen_t len = sizeof(info);
-    memset(&info, 0, sizeof(info));
-    if (getsockopt(d, IPPROTO_TCP, TCP_INFO, &info, &len) == 0) {
-        obs->have_info = true;
-        obs->tcp_state = info.base.tcpi_state;
-        obs->last_data_recv_ms = info.base.tcpi_last_data_recv;
-        obs->last_data_sent_ms = info.base.tcpi_last_data_sent;
-        obs->last_ack_recv_ms = info.base.tcpi_last_ack_recv;
-        obs->unacked = info.base.tcpi_unacked;
-        obs->rtt_us = info.base.tcpi_rtt;
-        if (len >= offsetof(struct tk_tcp_info, bytes_received) + sizeof(uint64_t)) {
-            obs->bytes_acked = info.bytes_acked;
-            obs->bytes_received = info.bytes_received;
-        }
-    }
+    tk_read_tcp_info(*dup_fd, obs);
 }
 
 static void format_addr(const struct sockaddr_storage *ss, char *out, size_t size)
@@ -197,10 +189,8 @@ static void check_batch(struct tk_candidate *batch, struct tk_decision *decision
         }
         if (decisions[i].verdict == TK_VERDICT_CUT)
             cut(&batch[i], d, &decisions[i]);
-        if (d >= 0) {
-            syscall(SYS_close, d);
-            tk_set_private_fd(TK_PRIVATE_WATCHDOG, -1);
-        }
+        if (d >= 0)
+            release_dup(d);
     }
 }
 
@@ -235,14 +225,11 @@ static void resettle(struct tk_conn *c, void *ctx)
 
 static void apply_again(const struct reapply *r)
 {
-    int d = (int)syscall(SYS_fcntl, r->fd, F_DUPFD_CLOEXEC, 0);
+    int d = dup_if_same(r->fd, r->cookie);
     if (d < 0)
         return;
-    tk_set_private_fd(TK_PRIVATE_WATCHDOG, d);
-    if (tk_socket_cookie(d) == r->cookie)
-        tk_apply_options(d, &r->set, r->own, true);
-    syscall(SYS_close, d);
-    tk_set_private_fd(TK_PRIVATE_WATCHDOG, -1);
+    tk_apply_options(d, &r->set, r->own, true);
+    release_dup(d);
 }
 
 /* Under the lock (released and taken again while options are set). */

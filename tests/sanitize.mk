@@ -44,7 +44,8 @@ ASAN_TESTS ?= idle_client_cut idle_nc_client_cut fd_reuse_and_dup threaded_serve
               errno_untouched signal_handler_io churn
 # The ones with threads in the shimmed process (the watchdog is one more),
 # and a forking server whose children start their own watchdog.
-TSAN_TESTS ?= threaded_server_many_clients signal_handler_io fd_reuse_and_dup forking_socat churn
+TSAN_TESTS ?= threaded_server_many_clients signal_handler_io fd_reuse_and_dup forking_socat churn \
+              rules_config_reload_rename stats_counts_by_reason policies_dry_run policies_half_closed
 
 # Both cores for the instrumented builds, unless a jobserver already runs.
 SAN_JOBS ?= $(shell nproc 2>/dev/null || echo 2)

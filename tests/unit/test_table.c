@@ -1,7 +1,9 @@
 /* Unit tests of shim/table.c (with queue.c and mem.c): the connection
  * records, their cookie hash and the fd slots, driven the way the cold-path
  * hooks drive them, under tk_table_lock. Linked with
- * -Wl,--wrap=tk_mem_alloc so that allocation failures can be injected. */
+ * -Wl,--wrap=tk_mem_alloc so that allocation failures can be injected.
+ * stats.c is not linked (it needs the logger): the counters table.c keeps
+ * are defined here. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,7 +16,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "stats.h"
 #include "table.h"
+
+struct tk_stats tk_stats;
 
 /* ---------------------------------------------------------------------------
  * Allocation failure injection */
@@ -53,12 +58,26 @@ static void unlock(void)
     tk_table_unlock(&saved_mask);
 }
 
-static struct tk_conn *t_bind(int fd, uint64_t cookie, enum tk_kind kind, uint64_t now)
+static struct tk_conn *t_bind(int fd, uint64_t cookie)
 {
     lock();
-    struct tk_conn *c = tk_table_bind(fd, cookie, kind, now);
+    struct tk_conn *c = tk_table_bind(fd, cookie);
     unlock();
     return c;
+}
+
+/* What tk_schedule_watch does to a new record's kind and the counters. */
+static void make_conn(struct tk_conn *c)
+{
+    assert_int_equal(c->kind, TK_KIND_SOCKET);
+    c->kind = TK_KIND_CONN;
+    tk_count(&tk_stats.tracked_now, 1);
+    tk_count(&tk_stats.tracked_total, 1);
+}
+
+static uint64_t tracked_now(void)
+{
+    return atomic_load(&tk_stats.tracked_now);
 }
 
 static bool unbind(int fd)
@@ -133,6 +152,9 @@ static int empty_table(void **state)
     tk_table_oom = false;
     assert_int_equal(count(), 0);
     assert_int_equal(qlen(), 0);
+    /* Every connection record went: none is counted as tracked. */
+    assert_int_equal(tracked_now(), 0);
+    atomic_store(&tk_stats.tracked_total, 0);
     return 0;
 }
 
@@ -147,25 +169,29 @@ static uint64_t ck(int i) /* a distinct, scattered, nonzero cookie */
 static void test_bind_find_unbind(void **state)
 {
     (void)state;
-    struct tk_conn *c = t_bind(5, 1001, TK_KIND_CONN, 123456789);
+    struct tk_conn *c = t_bind(5, 1001);
     assert_non_null(c);
     assert_ptr_equal(tk_slot_get(5), c);
     assert_ptr_equal(find(1001), c);
     assert_int_equal(c->cookie, 1001);
     assert_int_equal(c->fd, 5);
     assert_int_equal(c->refs, 1);
-    assert_int_equal(c->kind, TK_KIND_CONN);
+    assert_int_equal(c->kind, TK_KIND_SOCKET); /* a socket until watched */
     assert_int_equal(c->checking, 0);
     assert_int_equal(c->heap_index, TK_NOT_QUEUED);
-    assert_int_equal(atomic_load(&c->last_call_ns), 123456789);
+    assert_null(c->set); /* not managed */
+    assert_int_equal(atomic_load(&c->last_read), 0);
+    assert_int_equal(atomic_load(&c->last_write), 0);
+    assert_int_equal(atomic_load(&c->eof_at), 0);
     assert_int_equal(count(), 1);
+    assert_int_equal(tracked_now(), 0); /* a socket is not a tracked connection */
 
     assert_null(tk_slot_get(4));
     assert_null(tk_slot_get(6));
     assert_null(tk_slot_get(-1));
     assert_null(find(1002));
 
-    struct tk_conn *d = t_bind(6, 1002, TK_KIND_SOCKET, 5);
+    struct tk_conn *d = t_bind(6, 1002);
     assert_non_null(d);
     assert_ptr_not_equal(c, d);
     assert_int_equal(d->kind, TK_KIND_SOCKET);
@@ -194,9 +220,9 @@ static void test_bind_find_unbind(void **state)
 static void test_fresh_fd_replaces_stale(void **state)
 {
     (void)state;
-    struct tk_conn *a = t_bind(7, 2001, TK_KIND_CONN, 10);
+    struct tk_conn *a = t_bind(7, 2001);
     assert_non_null(a);
-    struct tk_conn *b = t_bind(7, 2002, TK_KIND_CONN, 20);
+    struct tk_conn *b = t_bind(7, 2002);
     assert_non_null(b);
     assert_ptr_equal(tk_slot_get(7), b);
     assert_int_equal(b->cookie, 2002);
@@ -205,10 +231,10 @@ static void test_fresh_fd_replaces_stale(void **state)
     assert_int_equal(count(), 1);
 
     /* The stale socket was also reachable through a dup: it survives there. */
-    a = t_bind(8, 2003, TK_KIND_CONN, 30);
+    a = t_bind(8, 2003);
     dup_fd(8, 9);
     assert_int_equal(a->refs, 2);
-    struct tk_conn *c = t_bind(8, 2004, TK_KIND_CONN, 40);
+    struct tk_conn *c = t_bind(8, 2004);
     assert_ptr_equal(tk_slot_get(8), c);
     assert_ptr_equal(find(2003), a);
     assert_int_equal(a->refs, 1);
@@ -222,20 +248,33 @@ static void test_fresh_fd_replaces_stale(void **state)
 static void test_bind_known_cookie_shares(void **state)
 {
     (void)state;
-    struct tk_conn *c = t_bind(3, 3001, TK_KIND_CONN, 1000);
+    struct tk_conn *c = t_bind(3, 3001);
+    make_conn(c);
     c->kind = TK_KIND_CUT;
-    struct tk_conn *d = t_bind(4, 3001, TK_KIND_SOCKET, 2000);
+    c->born_ns = 777;
+    c->dry_said = 0x5;
+    atomic_store(&c->last_read, 1000);
+    atomic_store(&c->last_write, 1001);
+    atomic_store(&c->eof_at, 1002);
+    struct tk_conn *d = t_bind(4, 3001);
     assert_ptr_equal(c, d);
     assert_int_equal(c->refs, 2);
     assert_int_equal(c->kind, TK_KIND_CUT);
-    assert_int_equal(atomic_load(&c->last_call_ns), 1000);
+    assert_int_equal(c->born_ns, 777);
+    assert_int_equal(c->dry_said, 0x5);
+    assert_int_equal(atomic_load(&c->last_read), 1000);
+    assert_int_equal(atomic_load(&c->last_write), 1001);
+    assert_int_equal(atomic_load(&c->eof_at), 1002);
     assert_int_equal(count(), 1);
+    assert_int_equal(tracked_now(), 1);
     assert_true(unbind(3));
     assert_ptr_equal(find(3001), c);
     assert_int_equal(c->fd, 4);
     assert_int_equal(c->refs, 1);
+    assert_int_equal(tracked_now(), 1); /* still held through fd 4 */
     assert_true(unbind(4));
     assert_null(find(3001));
+    assert_int_equal(tracked_now(), 0); /* a cut connection was still tracked */
 }
 
 /* ---------------------------------------------------------------------------
@@ -244,7 +283,7 @@ static void test_bind_known_cookie_shares(void **state)
 static void test_dup_shares_record(void **state)
 {
     (void)state;
-    struct tk_conn *c = t_bind(10, 4001, TK_KIND_CONN, 77);
+    struct tk_conn *c = t_bind(10, 4001);
     dup_fd(10, 11);
     dup_fd(11, 12);
     assert_ptr_equal(tk_slot_get(11), c);
@@ -275,7 +314,7 @@ static void test_dup_shares_record(void **state)
 static void test_dup_unbind_non_representative(void **state)
 {
     (void)state;
-    struct tk_conn *c = t_bind(50, 4101, TK_KIND_CONN, 1);
+    struct tk_conn *c = t_bind(50, 4101);
     dup_fd(50, 51);
     dup_fd(50, 52);
     assert_true(unbind(52));
@@ -290,8 +329,8 @@ static void test_dup_unbind_non_representative(void **state)
 static void test_dup_onto_tracked(void **state)
 {
     (void)state;
-    struct tk_conn *x = t_bind(20, 5001, TK_KIND_CONN, 1);
-    struct tk_conn *y = t_bind(21, 5002, TK_KIND_CONN, 2);
+    struct tk_conn *x = t_bind(20, 5001);
+    struct tk_conn *y = t_bind(21, 5002);
     assert_int_equal(count(), 2);
     dup_fd(20, 21);
     assert_null(find(5002));
@@ -310,7 +349,7 @@ static void test_dup_onto_tracked(void **state)
     assert_true(x->fd == 20 || x->fd == 21);
 
     /* Onto a tracked descriptor that still holds a record through a dup. */
-    struct tk_conn *z = t_bind(22, 5003, TK_KIND_CONN, 3);
+    struct tk_conn *z = t_bind(22, 5003);
     dup_fd(22, 23);
     dup_fd(20, 22);
     assert_ptr_equal(find(5003), z);
@@ -331,7 +370,7 @@ static void test_dup_onto_tracked(void **state)
 static void test_dup_same_fd(void **state)
 {
     (void)state;
-    struct tk_conn *c = t_bind(40, 6001, TK_KIND_CONN, 1);
+    struct tk_conn *c = t_bind(40, 6001);
     dup_fd(40, 40);
     assert_ptr_equal(tk_slot_get(40), c);
     assert_int_equal(c->refs, 1);
@@ -356,7 +395,7 @@ static void test_dup_untracked(void **state)
     assert_null(tk_slot_get(43));
     assert_int_equal(count(), 0);
     /* Out-of-range numbers either side are passed over. */
-    struct tk_conn *c = t_bind(44, 6101, TK_KIND_CONN, 1);
+    struct tk_conn *c = t_bind(44, 6101);
     dup_fd(44, (int)TK_MAX_FD);
     dup_fd(44, -1);
     assert_null(tk_slot_get((int)TK_MAX_FD));
@@ -376,7 +415,7 @@ static void test_unbind_range(void **state)
 {
     (void)state;
     for (int fd = 100; fd < 120; fd++)
-        assert_non_null(t_bind(fd, ck(fd), TK_KIND_CONN, 1));
+        assert_non_null(t_bind(fd, ck(fd)));
     dup_fd(105, 130); /* survives the range through fd 130 */
     dup_fd(110, 101); /* 101 now shares 110's record; 101's own goes */
     assert_int_equal(count(), 19);
@@ -410,8 +449,8 @@ static void test_unbind_range(void **state)
 static void test_unbind_if(void **state)
 {
     (void)state;
-    struct tk_conn *x = t_bind(60, 7001, TK_KIND_CONN, 1);
-    struct tk_conn *y = t_bind(61, 7002, TK_KIND_CONN, 1);
+    struct tk_conn *x = t_bind(60, 7001);
+    struct tk_conn *y = t_bind(61, 7002);
     unbind_if(60, y); /* 60 is not y's: nothing */
     assert_ptr_equal(tk_slot_get(60), x);
     assert_int_equal(x->refs, 1);
@@ -435,16 +474,42 @@ static void test_unbind_if(void **state)
 /* ---------------------------------------------------------------------------
  * Type-stable memory: records are recycled, never unmapped */
 
+static const struct tk_settings some_settings = { .idle_ms = 1000 };
+
+/* Every field a record's life may set, to something nonzero. */
+static void dirty(struct tk_conn *c)
+{
+    atomic_store(&c->last_read, 11);
+    atomic_store(&c->last_write, 12);
+    atomic_store(&c->eof_at, 13);
+    atomic_store(&c->writing, 2);
+    c->born_ns = 14;
+    memset(&c->seen, 0x5a, sizeof(c->seen)); /* every field, whatever they are */
+    c->set = &some_settings;
+    c->key.direction = TK_DIR_IN;
+    c->key.peer_family = 2;
+    c->key.server_port = 443;
+    memset(c->key.peer_addr, 0xab, sizeof(c->key.peer_addr));
+    c->jitter = 0xbeef;
+    c->own_opts = TK_OPT_KEEPALIVE | TK_OPT_USER_TIMEOUT;
+    c->shim_keepalive = 1;
+    c->dry_said = 0x3f;
+    c->checking = 1;
+}
+
 static void test_records_recycled(void **state)
 {
     (void)state;
-    struct tk_conn *c = t_bind(70, 8001, TK_KIND_CONN, 5);
+    struct tk_conn *c = t_bind(70, 8001);
     assert_non_null(c);
+    make_conn(c);
+    dirty(c);
     lock();
     tk_queue_set(c, 1000);
     unlock();
-    c->checking = 1;
+    assert_int_equal(tracked_now(), 1);
     assert_true(unbind(70));
+    assert_int_equal(tracked_now(), 0);
 
     /* Still readable and writable, as the hot path may still hold it. */
     assert_int_equal(c->cookie, 0);
@@ -452,10 +517,13 @@ static void test_records_recycled(void **state)
     assert_int_equal(c->refs, 0);
     assert_int_equal(c->heap_index, TK_NOT_QUEUED);
     assert_int_equal(qlen(), 0);
-    atomic_store_explicit(&c->last_call_ns, 999, memory_order_relaxed);
+    atomic_store_explicit(&c->last_read, 999, memory_order_relaxed);
+    atomic_store_explicit(&c->last_write, 998, memory_order_relaxed);
+    atomic_store_explicit(&c->eof_at, 997, memory_order_relaxed);
 
-    /* The next record reuses it, clean. */
-    struct tk_conn *d = t_bind(71, 8002, TK_KIND_SOCKET, 42);
+    /* The next record reuses it, clean: a new socket, not managed, no
+     * stamps, nothing learned, no lifetime draw, no options of its own. */
+    struct tk_conn *d = t_bind(71, 8002);
     assert_ptr_equal(d, c);
     assert_int_equal(d->cookie, 8002);
     assert_int_equal(d->fd, 71);
@@ -463,25 +531,146 @@ static void test_records_recycled(void **state)
     assert_int_equal(d->kind, TK_KIND_SOCKET);
     assert_int_equal(d->checking, 0);
     assert_int_equal(d->heap_index, TK_NOT_QUEUED);
-    assert_int_equal(atomic_load(&d->last_call_ns), 42);
+    assert_int_equal(atomic_load(&d->last_read), 0);
+    assert_int_equal(atomic_load(&d->last_write), 0);
+    assert_int_equal(atomic_load(&d->eof_at), 0);
+    assert_int_equal(atomic_load(&d->writing), 0);
+    assert_int_equal(d->born_ns, 0);
+    static const struct tk_seen nothing;
+    assert_memory_equal(&d->seen, &nothing, sizeof(nothing));
+    assert_null(d->set);
+    static const struct tk_conn_key no_key;
+    assert_memory_equal(&d->key, &no_key, sizeof(no_key));
+    assert_int_equal(d->jitter, 0);
+    assert_int_equal(d->own_opts, 0);
+    assert_int_equal(d->shim_keepalive, 0);
+    assert_int_equal(d->dry_said, 0);
     assert_null(find(8001));
+    /* A socket going is not a tracked connection going. */
+    assert_int_equal(tracked_now(), 0);
+    assert_true(unbind(71));
+    assert_int_equal(tracked_now(), 0);
+    assert_non_null(t_bind(71, 8002));
 
     /* Churn: memory for records comes back, it does not grow. */
     unsigned calls = alloc_calls;
     for (int round = 0; round < 2000; round++) {
-        assert_non_null(t_bind(72, ck(round), TK_KIND_CONN, 1));
+        struct tk_conn *e = t_bind(72, ck(round));
+        assert_non_null(e);
+        assert_int_equal(e->kind, TK_KIND_SOCKET);
+        assert_int_equal(atomic_load(&e->last_read), 0);
+        make_conn(e);
+        dirty(e);
         assert_true(unbind(72));
     }
     assert_int_equal(alloc_calls, calls);
     assert_int_equal(count(), 1);
+    assert_int_equal(tracked_now(), 0);
+    assert_int_equal(atomic_load(&tk_stats.tracked_total), 2001);
+}
+
+/* tracked_now counts connection records (of any kind but a socket's) and
+ * goes down once, with the last descriptor of each. */
+static void test_tracked_now_on_free(void **state)
+{
+    (void)state;
+    static const uint8_t kinds[] = { TK_KIND_CONN, TK_KIND_CUT, TK_KIND_DONE };
+    for (int i = 0; i < 3; i++) {
+        struct tk_conn *c = t_bind(200 + i, 12001 + (uint64_t)i);
+        make_conn(c);
+        c->kind = kinds[i];
+    }
+    struct tk_conn *sock = t_bind(210, 12010); /* a listener, say */
+    assert_non_null(sock);
+    assert_int_equal(tracked_now(), 3);
+    dup_fd(200, 220);
+    dup_fd(200, 221);
+    dup_fd(210, 222);
+    assert_int_equal(tracked_now(), 3);
+    assert_true(unbind(200));
+    assert_true(unbind(220));
+    assert_int_equal(tracked_now(), 3); /* fd 221 still holds it */
+    assert_true(unbind(221));
+    assert_int_equal(tracked_now(), 2);
+    assert_true(unbind(210));
+    assert_true(unbind(222));
+    assert_int_equal(tracked_now(), 2);
+    /* A number reused behind our back frees the stale record: counted too. */
+    assert_non_null(t_bind(201, 12020));
+    assert_int_equal(tracked_now(), 1);
+    /* dup2 onto a tracked descriptor, and the watchdog's stale unbind. */
+    dup_fd(201, 202);
+    assert_int_equal(tracked_now(), 0);
+    assert_int_equal(count(), 1);
+    struct tk_conn *c = t_bind(203, 12030);
+    make_conn(c);
+    unbind_if(203, c);
+    assert_int_equal(tracked_now(), 0);
+    /* close_range over several. */
+    for (int fd = 230; fd < 240; fd++)
+        make_conn(t_bind(fd, ck(fd)));
+    assert_int_equal(tracked_now(), 10);
+    unbind_range(230, 234);
+    assert_int_equal(tracked_now(), 5);
+    unbind_range(0, UINT_MAX);
+    assert_int_equal(tracked_now(), 0);
+    assert_int_equal(count(), 0);
+    assert_int_equal(atomic_load(&tk_stats.tracked_total), 14);
+}
+
+/* tk_table_foreach visits every record once, whatever its kind or number
+ * of descriptors, and nothing else. */
+struct visit {
+    unsigned calls;
+    unsigned seen[64];
+};
+
+static void visit_record(struct tk_conn *c, void *ctx)
+{
+    struct visit *v = ctx;
+    v->calls++;
+    uint64_t i = c->cookie - 13000;
+    if (i < 64)
+        v->seen[i]++;
+}
+
+static void test_foreach(void **state)
+{
+    (void)state;
+    struct visit v;
+    memset(&v, 0, sizeof(v));
+    lock();
+    tk_table_foreach(visit_record, &v);
+    unlock();
+    assert_int_equal(v.calls, 0);
+    for (int i = 0; i < 40; i++) {
+        struct tk_conn *c = t_bind(300 + i, 13000 + (uint64_t)i);
+        if (i % 3)
+            make_conn(c);
+    }
+    for (int i = 0; i < 40; i += 4)
+        dup_fd(300 + i, 400 + i);
+    for (int i = 0; i < 40; i += 5)
+        assert_true(unbind(300 + i));
+    /* Gone: the multiples of 5, except those a dup keeps (multiples of 4). */
+    lock();
+    tk_table_foreach(visit_record, &v);
+    unsigned expect = tk_table_count();
+    unlock();
+    assert_int_equal(v.calls, expect);
+    for (int i = 0; i < 40; i++) {
+        bool alive = i % 5 != 0 || i % 4 == 0;
+        if (v.seen[i] != (alive ? 1u : 0u))
+            fail_msg("record %d visited %u times", i, v.seen[i]);
+    }
 }
 
 /* A queued record leaves the queue with its last descriptor, not before. */
 static void test_unbind_dequeues(void **state)
 {
     (void)state;
-    struct tk_conn *a = t_bind(80, 9001, TK_KIND_CONN, 1);
-    struct tk_conn *b = t_bind(81, 9002, TK_KIND_CONN, 1);
+    struct tk_conn *a = t_bind(80, 9001);
+    struct tk_conn *b = t_bind(81, 9002);
     dup_fd(80, 82);
     lock();
     tk_queue_set(a, 500);
@@ -517,7 +706,8 @@ static uint64_t rnd(void)
 }
 
 static int model[M_FDS]; /* cookie index + 1 bound to each fd, 0 = none */
-static uint64_t model_stamp[M_COOKIES]; /* last_call given when the record was made */
+static uint64_t model_stamp[M_COOKIES]; /* last_read stored when the record was made */
+static bool model_conn[M_COOKIES];      /* watched (counted in tracked_now) */
 
 static uint64_t m_cookie(int i)
 {
@@ -560,14 +750,23 @@ static void check_model(int step)
         if (c->fd < 0 || c->fd >= M_FDS || model[c->fd] != k + 1)
             fail_msg("step %d: cookie %d representative fd %d is not one of its own", step, k,
                      c->fd);
-        if (atomic_load(&c->last_call_ns) != model_stamp[k])
-            fail_msg("step %d: cookie %d last call changed", step, k);
+        if (atomic_load(&c->last_read) != model_stamp[k])
+            fail_msg("step %d: cookie %d last read changed", step, k);
+        if ((c->kind == TK_KIND_CONN) != model_conn[k])
+            fail_msg("step %d: cookie %d kind %u", step, k, c->kind);
         for (int fd = 0; fd < M_FDS; fd++)
             if (model[fd] == k + 1 && tk_slot_get(fd) != c)
                 fail_msg("step %d: fd %d not on cookie %d's record", step, fd, k);
     }
     if (tk_table_count() != records)
         fail_msg("step %d: count %u, expected %u", step, tk_table_count(), records);
+    uint64_t conns = 0;
+    for (int k = 0; k < M_COOKIES; k++)
+        conns += refs[k] && model_conn[k];
+    if (atomic_load(&tk_stats.tracked_now) != conns)
+        fail_msg("step %d: tracked_now %llu, expected %llu", step,
+                 (unsigned long long)atomic_load(&tk_stats.tracked_now),
+                 (unsigned long long)conns);
 }
 
 static void test_random_against_model(void **state)
@@ -575,6 +774,7 @@ static void test_random_against_model(void **state)
     (void)state;
     rng_state = 0x243f6a8885a308d3ULL;
     memset(model, 0, sizeof(model));
+    memset(model_conn, 0, sizeof(model_conn));
     uint64_t stamp = 1;
     lock();
     for (int step = 0; step < 20000; step++) {
@@ -588,11 +788,20 @@ static void test_random_against_model(void **state)
             for (int i = 0; i < M_FDS; i++)
                 known |= model[i] == k + 1;
             stamp++;
-            struct tk_conn *c = tk_table_bind(fd, m_cookie(k), TK_KIND_CONN, stamp);
+            struct tk_conn *c = tk_table_bind(fd, m_cookie(k));
             if (!c)
                 fail_msg("step %d: bind failed", step);
-            if (!known)
+            if (!known) { /* a new record: the hot path and the watch mark it */
+                if (c->kind != TK_KIND_SOCKET || atomic_load(&c->last_read))
+                    fail_msg("step %d: new record not clean", step);
                 model_stamp[k] = stamp;
+                atomic_store(&c->last_read, stamp);
+                model_conn[k] = rnd() % 2;
+                if (model_conn[k]) {
+                    c->kind = TK_KIND_CONN;
+                    tk_count(&tk_stats.tracked_now, 1);
+                }
+            }
             model[fd] = k + 1;
             break;
         }
@@ -637,18 +846,18 @@ static void test_oom_hash(void **state)
 {
     (void)state;
     /* Make sure a free record is there, so that it is the hash that fails. */
-    assert_non_null(t_bind(91, 10101, TK_KIND_CONN, 1));
+    assert_non_null(t_bind(91, 10101));
     assert_true(unbind(91));
     assert_int_equal(count(), 0);
     alloc_fail = true;
-    assert_null(t_bind(92, 10102, TK_KIND_CONN, 1));
+    assert_null(t_bind(92, 10102));
     assert_true(tk_table_oom);
     assert_null(tk_slot_get(92));
     assert_null(find(10102));
     assert_int_equal(count(), 0);
     alloc_fail = false;
     tk_table_oom = false;
-    struct tk_conn *c = t_bind(92, 10102, TK_KIND_CONN, 1);
+    struct tk_conn *c = t_bind(92, 10102);
     assert_non_null(c);
     assert_ptr_equal(find(10102), c);
     assert_int_equal(count(), 1);
@@ -662,12 +871,12 @@ static void test_oom_many(void **state)
 {
     (void)state;
     static struct tk_conn *got[OOM_FDS];
-    got[0] = t_bind(0, ck(0), TK_KIND_CONN, 1); /* the hash exists */
+    got[0] = t_bind(0, ck(0)); /* the hash exists */
     assert_non_null(got[0]);
     alloc_fail = true;
     unsigned ok = 1, failed = 0;
     for (int fd = 1; fd < OOM_FDS; fd++) {
-        got[fd] = t_bind(fd, ck(fd), TK_KIND_CONN, 1);
+        got[fd] = t_bind(fd, ck(fd));
         if (got[fd])
             ok++;
         else
@@ -690,7 +899,7 @@ static void test_oom_many(void **state)
     /* Memory back: the failed ones can be tracked now. */
     for (int fd = 0; fd < OOM_FDS; fd++)
         if (!got[fd])
-            assert_non_null(t_bind(fd, ck(fd), TK_KIND_CONN, 1));
+            assert_non_null(t_bind(fd, ck(fd)));
     assert_int_equal(count(), OOM_FDS);
     assert_false(tk_table_oom);
 }
@@ -704,7 +913,7 @@ static void test_oom_queue(void **state)
     struct tk_conn *c = NULL;
     lock();
     for (;;) {
-        c = tk_table_bind((int)n, ck((int)n), TK_KIND_CONN, 1);
+        c = tk_table_bind((int)n, ck((int)n));
         assert_non_null(c);
         unsigned before = tk_queue_length();
         alloc_fail = true;
@@ -735,11 +944,11 @@ static void test_oom_queue(void **state)
 static void test_fd_range(void **state)
 {
     (void)state;
-    assert_null(t_bind(-1, 11001, TK_KIND_CONN, 1));
-    assert_null(t_bind((int)TK_MAX_FD, 11002, TK_KIND_CONN, 1));
-    assert_null(t_bind((int)TK_MAX_FD + 1, 11003, TK_KIND_CONN, 1));
-    assert_null(t_bind(INT_MAX, 11004, TK_KIND_CONN, 1));
-    assert_null(t_bind(INT_MIN, 11005, TK_KIND_CONN, 1));
+    assert_null(t_bind(-1, 11001));
+    assert_null(t_bind((int)TK_MAX_FD, 11002));
+    assert_null(t_bind((int)TK_MAX_FD + 1, 11003));
+    assert_null(t_bind(INT_MAX, 11004));
+    assert_null(t_bind(INT_MIN, 11005));
     assert_false(tk_table_oom); /* refused, not out of memory */
     assert_int_equal(count(), 0);
     assert_null(find(11002));
@@ -747,7 +956,7 @@ static void test_fd_range(void **state)
     assert_null(tk_slot_get(INT_MAX));
     assert_null(tk_slot_get(INT_MIN));
 
-    struct tk_conn *top = t_bind((int)TK_MAX_FD - 1, 11006, TK_KIND_CONN, 1);
+    struct tk_conn *top = t_bind((int)TK_MAX_FD - 1, 11006);
     assert_non_null(top);
     assert_ptr_equal(tk_slot_get((int)TK_MAX_FD - 1), top);
     dup_fd((int)TK_MAX_FD - 1, 0);
@@ -768,18 +977,19 @@ static void test_many(void **state)
         fds[i] = i < DENSE ? i : DENSE + (i - DENSE) * (((1 << 20) - DENSE) / (N - DENSE));
     lock();
     for (int i = 0; i < N; i++) {
-        struct tk_conn *c = tk_table_bind(fds[i], ck(i), TK_KIND_CONN, (uint64_t)i);
+        struct tk_conn *c = tk_table_bind(fds[i], ck(i));
         if (!c)
             fail_msg("bind %d (fd %d) failed", i, fds[i]);
+        c->born_ns = (uint64_t)i + 1;
     }
     assert_int_equal(tk_table_count(), N);
     for (int i = 0; i < N; i++) {
         struct tk_conn *c = tk_slot_get(fds[i]);
         if (!c || c->cookie != ck(i) || c->fd != fds[i] || tk_table_find(ck(i)) != c ||
-            atomic_load(&c->last_call_ns) != (uint64_t)i)
+            c->born_ns != (uint64_t)i + 1)
             fail_msg("entry %d (fd %d) wrong", i, fds[i]);
     }
-    assert_null(tk_table_bind((int)TK_MAX_FD, ck(N), TK_KIND_CONN, 0));
+    assert_null(tk_table_bind((int)TK_MAX_FD, ck(N)));
     assert_int_equal(tk_table_count(), N);
 
     /* Drop every other one. */
@@ -793,7 +1003,7 @@ static void test_many(void **state)
     }
     /* Rebind them: the records come from the free list. */
     for (int i = 0; i < N; i += 2)
-        assert_non_null(tk_table_bind(fds[i], ck(i), TK_KIND_CONN, 7));
+        assert_non_null(tk_table_bind(fds[i], ck(i)));
     assert_int_equal(tk_table_count(), N);
     tk_table_unbind_range(0, UINT_MAX);
     assert_int_equal(tk_table_count(), 0);
@@ -818,6 +1028,8 @@ int main(void)
         T(test_unbind_range),
         T(test_unbind_if),
         T(test_records_recycled),
+        T(test_tracked_now_on_free),
+        T(test_foreach),
         T(test_unbind_dequeues),
         T(test_random_against_model),
         T(test_oom_hash),
