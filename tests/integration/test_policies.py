@@ -18,7 +18,7 @@ import time
 
 from helpers import (CUT_SLACK, Fail, check, compile_c, connect, cut_window, expect_line,
                      expect_keepalive_timer, finish, free_port, kernel_last_data_recv,
-                     keepalive_remaining, need, script, spawn, ss_find, timeout, tmpdir,
+                     keepalive_remaining, lib, need, read_line, script, spawn, ss_find, timeout, tmpdir,
                      wait_eof, wait_listen)
 from realprog import stop
 from policy_util import (MANY_CLIENT, MANY_SERVER, RESET_SERVER, SERVER, SLOW_WRITER, Peer,
@@ -836,3 +836,46 @@ def test_policies_dry_run():
         res.append("DRY_RUN=%s: 3 clients kept 2.6 s, the silent one still answered; stderr: %s; "
                    "stats would_cut idle 2, first_byte 1" % (value, logged))
     return "; ".join(res)
+
+
+REFUSED_SERVER = r"""
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(4)
+print("port", s.getsockname()[1], flush=True)
+c, _ = s.accept()
+c.settimeout(10)
+try:
+    data = c.recv(10)
+    print("read", "eof" if not data else repr(data), flush=True)
+except OSError as e:
+    print("read error", e.errno, flush=True)
+"""
+
+
+@timeout(40)
+def test_policies_action_reset_refused():
+    """ACTION=reset where the kernel refuses connect(AF_UNSPEC) with EBUSY
+    (this kernel never does; strace injects the error into every connect of
+    the server, the watchdog's included): the shim falls back to shutdown,
+    says so at warn, and the client sees end-of-file, not a reset. Without
+    the fallback the connection would stay open (no cut) or be reset."""
+    need("strace")
+    srv = spawn(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=connect",
+                 "-e", "inject=connect:error=EBUSY", "-E", "LD_PRELOAD=" + lib(),
+                 *script(REFUSED_SERVER, "refused.py")], shim=False,
+                env=dict(TCPKEEP_ACTION="reset", TCPKEEP_IDLE_TIMEOUT="1s",
+                         TCPKEEP_LOG_LEVEL="info"))
+    port = int(read_line(srv.stdout, 20, "the server's port").split()[1])
+    client, t0 = connect(port)
+    when, _, how = wait_eof(client, 1 + CUT_SLACK + 5)
+    check(when is not None, "not cut within %.1f s" % (time.monotonic() - t0))
+    check(how == "eof", "the client saw %s, expected end-of-file from the fallback" % how)
+    out, err = srv.communicate(timeout=10)
+    warn = [l for l in err.splitlines() if "the reset was refused" in l]
+    check(len(warn) == 1 and "Device or resource busy" in warn[0]
+          and warn[0].endswith("; shut down instead"),
+          "expected one fallback warning, stderr: %r" % err[-600:])
+    return "reset refused (EBUSY injected): shut down instead, client saw end-of-file %.3f s " \
+           "after connecting (limit 1 s); %s" % (when - t0, warn[0])
