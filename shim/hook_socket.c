@@ -1,5 +1,5 @@
-/* Hooks that make TCP sockets and set their options: socket, accept,
- * accept4, connect, setsockopt.
+/* Hooks that make TCP sockets and set their options: socket, listen,
+ * accept, accept4, connect, setsockopt.
  * Cold path: options are set and the table updated here, never in io.c. */
 #include <errno.h>
 #include <netinet/in.h>
@@ -83,6 +83,18 @@ EXPORT int connect(int fd, __CONST_SOCKADDR_ARG addr, socklen_t len)
         tk_slot_get(fd))
         tk_track_conn(fd, -1, TK_DIR_OUT, to);
     errno = err;
+    return r;
+}
+
+EXPORT int listen(int fd, int backlog)
+{
+    int r = TK_REAL(listen) ? tk_real.listen(fd, backlog)
+                            : (int)syscall(SYS_listen, fd, backlog);
+    if (r == 0 && tk_slot_get(fd)) {
+        int err = errno;
+        tk_listening(fd);
+        errno = err;
+    }
     return r;
 }
 

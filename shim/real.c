@@ -53,6 +53,7 @@ void tk_real_bind(void)
     BIND(accept4, "accept4");
     BIND(connect, "connect");
     BIND(setsockopt, "setsockopt");
+    BIND(listen, "listen");
     BIND(close, "close");
     BIND(dup, "dup");
     BIND(dup2, "dup2");

@@ -20,6 +20,7 @@ struct tk_real_fns {
     int (*accept4)(int, __SOCKADDR_ARG, socklen_t *, int);
     int (*connect)(int, __CONST_SOCKADDR_ARG, socklen_t);
     int (*setsockopt)(int, int, int, const void *, socklen_t);
+    int (*listen)(int, int);
     int (*close)(int);
     int (*dup)(int);
     int (*dup2)(int, int);

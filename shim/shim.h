@@ -31,6 +31,9 @@ void tk_track_socket(int fd);                /* fd: a TCP socket just made by so
  * connected to `peer` (TK_DIR_OUT, listener -1). */
 struct sockaddr;
 void tk_track_conn(int fd, int listener, uint8_t direction, const struct sockaddr *peer);
+/* fd (a tracked socket) now listens: with port or direction rules only,
+ * its own port decides for every connection it will accept. */
+void tk_listening(int fd);
 /* setsockopt of an option the shim sets (TK_OPT_* bit): remember that the
  * program set it; true if the call is to be swallowed (override). */
 bool tk_own_option(int fd, unsigned bit);

@@ -166,6 +166,41 @@ void tk_track_conn(int fd, int listener, uint8_t direction, const struct sockadd
     errno = saved;
 }
 
+void tk_listening(int fd)
+{
+    /* Every connection this listener accepts has its port and comes in;
+     * only a peer list or a rules file can still tell them apart, and
+     * then each gets its options when accepted. */
+    if (!tk_deferred || tk_cfg.filter.n_peers || tk_cfg.config_path[0])
+        return;
+    int saved = errno;
+    struct sockaddr_storage local;
+    socklen_t len = sizeof(local);
+    if (getsockname(fd, (struct sockaddr *)&local, &len) != 0) {
+        errno = saved;
+        return;
+    }
+    struct tk_conn_key key;
+    tk_conn_key_set(&key, TK_DIR_IN, (struct sockaddr *)&local, NULL);
+    if (!tk_match_conn(&tk_cfg.filter, &key)) {
+        errno = saved;
+        return;
+    }
+    sigset_t old;
+    tk_table_lock(&old);
+    struct tk_conn *c = tk_slot_get(fd);
+    unsigned own = c ? c->own_opts : 0;
+    tk_table_unlock(&old);
+    if (c && tk_apply_options(fd, &tk_cfg.set, own, false)) {
+        tk_count(&tk_stats.keepalive_set, 1);
+        tk_table_lock(&old);
+        if (tk_slot_get(fd) == c)
+            c->shim_keepalive = 1;
+        tk_table_unlock(&old);
+    }
+    errno = saved;
+}
+
 bool tk_own_option(int fd, unsigned bit)
 {
     int saved = errno;

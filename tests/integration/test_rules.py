@@ -160,17 +160,21 @@ def test_rules_ports_two_listeners():
     """A server listening on two ports, TCPKEEP_PORTS=<first>: the connection
     on the first gets SO_KEEPALIVE + 77 s (program's getsockopt and ss) and
     is cut at 1 s; the one on the second has the kernel's defaults, no
-    timer, and is never cut; neither listener carries an option."""
+    timer, and is never cut. The listener on the listed port gets the
+    options on listen() (every connection it accepts matches); the other
+    carries none."""
     d = tmpdir()
     p1, p2 = free_ports(2)
     hub = start_hub(d, "hub", {"listen": [v4(p1), v4(p2)]}, TCPKEEP_PORTS=str(p1))
     cases = [inbound("listed port %d" % p1, hub, p1, True),
              inbound("other port %d" % p2, hub, p2, False)]
-    for p in (p1, p2):
-        lo = hub.listener_opts(p)
-        check(untouched(lo), "with TCPKEEP_PORTS set the listener on %d carries options %s; "
-              "expected none from the shim" % (p, lo))
-    return check_cases(cases) + "; listeners untouched"
+    lo = hub.listener_opts(p1)
+    check(lo == managed_opts(), "with TCPKEEP_PORTS=%d the listener on it carries %s; "
+          "expected the shim's %s (set on listen)" % (p1, lo, managed_opts()))
+    lo = hub.listener_opts(p2)
+    check(untouched(lo), "with TCPKEEP_PORTS=%d the listener on %d carries options %s; "
+          "expected none from the shim" % (p1, p2, lo))
+    return check_cases(cases) + "; the listed listener got the options on listen, the other none"
 
 
 @timeout(40)
