@@ -95,61 +95,65 @@ enum tk_parse_result tk_parse_switch(const char *s, bool *out)
     return TK_PARSE_BAD;
 }
 
-enum tk_parse_result tk_parse_log_level(const char *s, enum tk_log_level *out)
+/* A word from a fixed list and the value it stands for. */
+struct word_value {
+    const char *word;
+    uint8_t value;
+};
+
+/* s as one of the words of table: its value into *out. */
+static enum tk_parse_result parse_word(const char *s, const struct word_value *table,
+                                       size_t n_words, uint8_t *out)
 {
-    static const char *const names[] = { "error", "warn", "info", "debug" };
     if (!s)
         return TK_PARSE_BAD;
-    for (int i = 0; i < 4; i++) {
-        if (strcmp(s, names[i]) == 0) {
-            *out = (enum tk_log_level)i;
+    for (size_t i = 0; i < n_words; i++) {
+        if (strcmp(s, table[i].word) == 0) {
+            *out = table[i].value;
             return TK_PARSE_OK;
         }
     }
     return TK_PARSE_BAD;
 }
 
-/* A word from a fixed list: its index, or -1. */
-static int word_index(const char *s, const char *const *words, int n_words)
+#define PARSE_WORD(s, table, out) parse_word(s, table, sizeof(table) / sizeof(table[0]), out)
+
+enum tk_parse_result tk_parse_log_level(const char *s, enum tk_log_level *out)
 {
-    if (!s)
-        return -1;
-    for (int i = 0; i < n_words; i++)
-        if (strcmp(s, words[i]) == 0)
-            return i;
-    return -1;
+    static const struct word_value levels[] = {
+        { "error", TK_LOG_ERROR }, { "warn", TK_LOG_WARN },
+        { "info", TK_LOG_INFO }, { "debug", TK_LOG_DEBUG },
+    };
+    uint8_t level;
+    enum tk_parse_result r = PARSE_WORD(s, levels, &level);
+    if (r == TK_PARSE_OK)
+        *out = (enum tk_log_level)level;
+    return r;
 }
 
 enum tk_parse_result tk_parse_action(const char *s, uint8_t *out)
 {
-    static const char *const names[] = { "shutdown", "reset" };
-    int i = word_index(s, names, 2);
-    if (i < 0)
-        return TK_PARSE_BAD;
-    *out = (uint8_t)(i == 0 ? TK_ACTION_SHUTDOWN : TK_ACTION_RESET);
-    return TK_PARSE_OK;
+    static const struct word_value actions[] = {
+        { "shutdown", TK_ACTION_SHUTDOWN }, { "reset", TK_ACTION_RESET },
+    };
+    return PARSE_WORD(s, actions, out);
 }
 
 enum tk_parse_result tk_parse_activity(const char *s, uint8_t *out)
 {
-    static const char *const names[] = { "both", "calls", "kernel" };
-    static const uint8_t values[] = { TK_ACTIVITY_BOTH, TK_ACTIVITY_CALLS, TK_ACTIVITY_KERNEL };
-    int i = word_index(s, names, 3);
-    if (i < 0)
-        return TK_PARSE_BAD;
-    *out = values[i];
-    return TK_PARSE_OK;
+    static const struct word_value modes[] = {
+        { "both", TK_ACTIVITY_BOTH }, { "calls", TK_ACTIVITY_CALLS },
+        { "kernel", TK_ACTIVITY_KERNEL },
+    };
+    return PARSE_WORD(s, modes, out);
 }
 
 enum tk_parse_result tk_parse_direction(const char *s, uint8_t *out)
 {
-    static const char *const names[] = { "in", "out", "both" };
-    static const uint8_t values[] = { TK_DIR_IN, TK_DIR_OUT, TK_DIR_ANY };
-    int i = word_index(s, names, 3);
-    if (i < 0)
-        return TK_PARSE_BAD;
-    *out = values[i];
-    return TK_PARSE_OK;
+    static const struct word_value directions[] = {
+        { "in", TK_DIR_IN }, { "out", TK_DIR_OUT }, { "both", TK_DIR_ANY },
+    };
+    return PARSE_WORD(s, directions, out);
 }
 
 /* One port 1..65535 at s, ending at `end`. */
@@ -174,38 +178,59 @@ static enum tk_parse_result worse(enum tk_parse_result a, enum tk_parse_result b
          : a == TK_PARSE_RANGE || b == TK_PARSE_RANGE ? TK_PARSE_RANGE : TK_PARSE_OK;
 }
 
-enum tk_parse_result tk_parse_ports(const char *s, struct tk_match *m)
+/* One port or range LO-HI, [s, end), into the struct tk_port_range at out. */
+static enum tk_parse_result parse_port_range(const char *s, const char *end, void *out)
 {
-    struct tk_port_range got[TK_MATCH_PORTS_MAX];
-    unsigned n = 0;
+    enum tk_parse_result r;
+    const char *dash = memchr(s, '-', (size_t)(end - s));
+    uint16_t lo = 0, hi = 0;
+    if (dash) {
+        r = worse(parse_port(s, dash, &lo), parse_port(dash + 1, end, &hi));
+        if (lo && hi && lo > hi)
+            r = worse(r, TK_PARSE_RANGE);
+    } else {
+        r = parse_port(s, end, &lo);
+        hi = lo;
+    }
+    *(struct tk_port_range *)out = (struct tk_port_range){ .lo = lo, .hi = hi };
+    return r;
+}
+
+typedef enum tk_parse_result (*item_parser)(const char *item, const char *end, void *out);
+
+/* A comma-separated list of at most `max` items, each parsed by parse_item
+ * into items[] (which has room for max + 1: the last takes every item past
+ * the limit). Every item is looked at, so that a syntax error anywhere reads
+ * as one. The number of items in *n. */
+static enum tk_parse_result parse_list(const char *s, item_parser parse_item, void *items,
+                                       size_t item_size, unsigned max, unsigned *n)
+{
     enum tk_parse_result r = TK_PARSE_OK;
+    *n = 0;
     if (!s)
         return TK_PARSE_BAD;
-    /* Every item is looked at, so that a syntax error anywhere reads as one. */
     for (const char *item = s;;) {
         const char *end = strchr(item, ',');
         if (!end)
             end = item + strlen(item);
-        const char *dash = memchr(item, '-', (size_t)(end - item));
-        uint16_t lo = 0, hi = 0;
-        if (dash) {
-            r = worse(r, parse_port(item, dash, &lo));
-            r = worse(r, parse_port(dash + 1, end, &hi));
-            if (lo && hi && lo > hi)
-                r = worse(r, TK_PARSE_RANGE);
-        } else {
-            r = worse(r, parse_port(item, end, &lo));
-            hi = lo;
-        }
-        if (n < TK_MATCH_PORTS_MAX)
-            got[n] = (struct tk_port_range){ .lo = lo, .hi = hi };
-        else
+        unsigned slot = *n < max ? *n : max;
+        r = worse(r, parse_item(item, end, (char *)items + slot * item_size));
+        if (*n >= max)
             r = worse(r, TK_PARSE_RANGE);
-        n++;
+        (*n)++;
         if (*end == '\0')
             break;
         item = end + 1;
     }
+    return r;
+}
+
+enum tk_parse_result tk_parse_ports(const char *s, struct tk_match *m)
+{
+    struct tk_port_range got[TK_MATCH_PORTS_MAX + 1];
+    unsigned n;
+    enum tk_parse_result r =
+        parse_list(s, parse_port_range, got, sizeof(got[0]), TK_MATCH_PORTS_MAX, &n);
     if (r != TK_PARSE_OK)
         return r;
     memcpy(m->ports, got, n * sizeof(got[0]));
@@ -225,8 +250,8 @@ static void mask_host_bits(uint8_t *addr, unsigned addr_len, unsigned prefix)
 
 static const uint8_t v4mapped_prefix[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
 
-/* One address or CIDR, [s, end). */
-static enum tk_parse_result parse_cidr(const char *s, const char *end, struct tk_cidr *out)
+/* One address or CIDR, [s, end), into the struct tk_cidr at out. */
+static enum tk_parse_result parse_cidr(const char *s, const char *end, void *out)
 {
     char addr_text[64];
     const char *slash = memchr(s, '/', (size_t)(end - s));
@@ -273,32 +298,16 @@ static enum tk_parse_result parse_cidr(const char *s, const char *end, struct tk
     }
     c.prefix = (uint8_t)prefix;
     mask_host_bits(c.addr, c.family == AF_INET ? 4 : 16, prefix);
-    *out = c;
+    *(struct tk_cidr *)out = c;
     return TK_PARSE_OK;
 }
 
 enum tk_parse_result tk_parse_peers(const char *s, struct tk_match *m)
 {
-    struct tk_cidr got[TK_MATCH_PEERS_MAX];
-    unsigned n = 0;
-    enum tk_parse_result r = TK_PARSE_OK;
-    if (!s)
-        return TK_PARSE_BAD;
-    for (const char *item = s;;) {
-        const char *end = strchr(item, ',');
-        if (!end)
-            end = item + strlen(item);
-        struct tk_cidr c = { 0 };
-        r = worse(r, parse_cidr(item, end, &c));
-        if (n < TK_MATCH_PEERS_MAX)
-            got[n] = c;
-        else
-            r = worse(r, TK_PARSE_RANGE);
-        n++;
-        if (*end == '\0')
-            break;
-        item = end + 1;
-    }
+    struct tk_cidr got[TK_MATCH_PEERS_MAX + 1];
+    unsigned n;
+    enum tk_parse_result r =
+        parse_list(s, parse_cidr, got, sizeof(got[0]), TK_MATCH_PEERS_MAX, &n);
     if (r != TK_PARSE_OK)
         return r;
     memcpy(m->peers, got, n * sizeof(got[0]));

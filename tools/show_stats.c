@@ -257,6 +257,53 @@ static bool duplicate(struct parser *p, const char *key)
     return fail(p, what);
 }
 
+/* The members of an object whose '{' has been read, up to its '}': each
+ * key, with the parser at its value, to member(). */
+static bool parse_members(struct parser *p,
+                          bool (*member)(struct parser *p, const char *k, size_t klen, void *ctx),
+                          void *ctx)
+{
+    skip_space(p);
+    if (p->pos < p->end && *p->pos == '}') {
+        p->pos++;
+        return true;
+    }
+    for (;;) {
+        const char *k;
+        size_t klen;
+        if (!parse_string(p, &k, &klen) || !expect_char(p, ':', "expected ':'"))
+            return false;
+        if (!member(p, k, klen, ctx))
+            return false;
+        skip_space(p);
+        if (p->pos < p->end && *p->pos == ',') {
+            p->pos++;
+            continue;
+        }
+        return expect_char(p, '}', "expected ',' or '}'");
+    }
+}
+
+struct reason_counts {
+    uint64_t *counts;
+    bool *seen;
+};
+
+/* One "reason":N of a reasons object; a reason this tool does not know is skipped. */
+static bool reason_member(struct parser *p, const char *k, size_t klen, void *ctx)
+{
+    struct reason_counts *rc = ctx;
+    int r = 0;
+    while (r < TK_REASONS && !key_is(k, klen, tk_reason_key[r]))
+        r++;
+    if (r == TK_REASONS)
+        return skip_value(p, 1);
+    if (rc->seen[r])
+        return duplicate(p, tk_reason_key[r]);
+    rc->seen[r] = true;
+    return parse_count(p, tk_reason_key[r], &rc->counts[r]);
+}
+
 /* {"idle":N,...}: one count per reason. */
 static bool parse_reasons(struct parser *p, const char *name, uint64_t *counts, bool *seen)
 {
@@ -267,38 +314,8 @@ static bool parse_reasons(struct parser *p, const char *name, uint64_t *counts, 
         return fail(p, what);
     }
     p->pos++;
-    skip_space(p);
-    if (p->pos < p->end && *p->pos == '}') {
-        p->pos++;
-    } else {
-        for (;;) {
-            const char *k;
-            size_t klen;
-            if (!parse_string(p, &k, &klen) || !expect_char(p, ':', "expected ':'"))
-                return false;
-            int r = 0;
-            while (r < TK_REASONS && !key_is(k, klen, tk_reason_key[r]))
-                r++;
-            if (r == TK_REASONS) {
-                if (!skip_value(p, 1))
-                    return false;
-            } else {
-                if (seen[r])
-                    return duplicate(p, tk_reason_key[r]);
-                seen[r] = true;
-                if (!parse_count(p, tk_reason_key[r], &counts[r]))
-                    return false;
-            }
-            skip_space(p);
-            if (p->pos < p->end && *p->pos == ',') {
-                p->pos++;
-                continue;
-            }
-            if (!expect_char(p, '}', "expected ',' or '}'"))
-                return false;
-            break;
-        }
-    }
+    if (!parse_members(p, reason_member, &(struct reason_counts){ counts, seen }))
+        return false;
     for (int r = 0; r < TK_REASONS; r++) {
         if (!seen[r]) {
             snprintf(what, sizeof(what), "\"%s\" has no \"%s\" count", name, tk_reason_key[r]);
@@ -308,8 +325,10 @@ static bool parse_reasons(struct parser *p, const char *name, uint64_t *counts, 
     return true;
 }
 
-static bool parse_member(struct parser *p, struct stats_file *st, const char *k, size_t klen)
+/* One top-level member of the stats file. */
+static bool stats_member(struct parser *p, const char *k, size_t klen, void *ctx)
 {
+    struct stats_file *st = ctx;
     if (key_is(k, klen, "pid")) {
         if (st->seen_pid)
             return duplicate(p, "pid");
@@ -359,29 +378,8 @@ static bool parse_member(struct parser *p, struct stats_file *st, const char *k,
 
 static bool parse_stats(struct parser *p, struct stats_file *st)
 {
-    if (!expect_char(p, '{', "expected a JSON object"))
+    if (!expect_char(p, '{', "expected a JSON object") || !parse_members(p, stats_member, st))
         return false;
-    skip_space(p);
-    if (p->pos < p->end && *p->pos == '}') {
-        p->pos++;
-    } else {
-        for (;;) {
-            const char *k;
-            size_t klen;
-            if (!parse_string(p, &k, &klen) || !expect_char(p, ':', "expected ':'"))
-                return false;
-            if (!parse_member(p, st, k, klen))
-                return false;
-            skip_space(p);
-            if (p->pos < p->end && *p->pos == ',') {
-                p->pos++;
-                continue;
-            }
-            if (!expect_char(p, '}', "expected ',' or '}'"))
-                return false;
-            break;
-        }
-    }
     skip_space(p);
     if (p->pos != p->end)
         return fail(p, "text after the JSON object");

@@ -17,13 +17,20 @@ static const char tool_help[] =
     "\n"
     "Exit status: 0 done, 1 failed (the reason on stderr), 2 bad usage.\n";
 
+/* "tcpkeep: CMD: " and the message on stderr, after whatever stdout holds. */
+__attribute__((format(printf, 2, 0)))
+static void report(const char *cmd, const char *fmt, va_list ap)
+{
+    fflush(stdout);
+    fprintf(stderr, "tcpkeep: %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+}
+
 void tool_error(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
-    fflush(stdout);
-    fprintf(stderr, "tcpkeep: %s: ", cmd);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    report(cmd, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
 }
@@ -31,10 +38,8 @@ void tool_error(const char *cmd, const char *fmt, ...)
 int tool_usage_error(const char *cmd, const char *usage, const char *fmt, ...)
 {
     va_list ap;
-    fflush(stdout);
-    fprintf(stderr, "tcpkeep: %s: ", cmd);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    report(cmd, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\n%s\n", usage);
     return TOOL_USAGE;

@@ -230,8 +230,9 @@ def read_line(stream, limit=5, what="a line"):
     return line
 
 
-def expect_line(p, prefix, limit=5):
-    """Read p's stdout until a line starting with prefix (bounded); return it."""
+def lines_until(p, prefix, limit=5):
+    """Every stdout line of p up to and including the first starting with
+    prefix (bounded); Fail on timeout or EOF."""
     end = time.monotonic() + limit
     seen = []
     try:
@@ -239,14 +240,19 @@ def expect_line(p, prefix, limit=5):
             line = _next_line(p.stdout, end)
             if line is None:
                 break
-            if line.startswith(prefix):
-                return line
             seen.append(line)
+            if line.startswith(prefix):
+                return seen
     except TimeoutError:
         pass
     _, err = finish(p)
     raise Fail("no %r line from the program within %s s; stdout=%r stderr=%r"
                % (prefix, limit, seen[-5:], err[-600:]))
+
+
+def expect_line(p, prefix, limit=5):
+    """Read p's stdout until a line starting with prefix (bounded); return it."""
+    return lines_until(p, prefix, limit)[-1]
 
 
 # --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import re
 import select
 import time
 
-from helpers import CUT_SLACK, Fail, _next_line, connect, expect_line, finish
+from helpers import CUT_SLACK, Fail, _next_line, connect, expect_line, lines_until
 
 REASONS = ("idle", "read-idle", "write-idle", "first-byte", "half-closed", "lifetime")
 
@@ -237,26 +237,6 @@ def poll_line(proc, limit):
         return _next_line(proc.stdout, time.monotonic() + limit)
     except TimeoutError:
         return None
-
-
-def lines_until(proc, prefix, limit):
-    """Every stdout line up to and including the first starting with prefix
-    (bounded); Fail on timeout or EOF."""
-    end = time.monotonic() + limit
-    seen = []
-    try:
-        while True:
-            line = _next_line(proc.stdout, end)
-            if line is None:
-                break
-            seen.append(line)
-            if line.startswith(prefix):
-                return seen
-    except TimeoutError:
-        pass
-    _, err = finish(proc)
-    raise Fail("no %r line from the program within %g s; stdout=%r stderr=%r"
-               % (prefix, limit, seen[-5:], err[-600:]))
 
 
 def ready(proc, limit=10):

@@ -46,6 +46,17 @@ def _hub_pair(d, name, env, shim=True, preload=None):
     return hub, ("in", p, c.getsockname()[1]), ("out", peer[1], q), (ls, a, c)
 
 
+def _opts_problems(label, hub, keys, want):
+    """What differs from want in the getsockopt of each of the hub's sockets keys."""
+    problems = []
+    for key in keys:
+        got = hub.conn(*key)["opts"]
+        if got != want:
+            problems.append("%s: %s socket: getsockopt %s, expected %s"
+                            % (label, "accepted" if key[0] == "in" else "connected", got, want))
+    return problems
+
+
 DROPIN_CASES = [
     # (environment, expected getsockopt on accepted and connected sockets)
     ({"KEEPIDLE": "77"}, dict(keepalive=1, keepidle=77)),
@@ -79,12 +90,7 @@ def test_dropin_names_and_twins():
     problems = []
     for env, want, hub, kin, kout, keep in runs:
         label = " ".join("%s=%s" % kv for kv in env.items())
-        for key in (kin, kout):
-            got = hub.conn(*key)["opts"]
-            if got != want:
-                problems.append("%s: %s socket: getsockopt %s, expected %s"
-                                % (label, "accepted" if key[0] == "in" else "connected", got,
-                                   want))
+        problems += _opts_problems(label, hub, (kin, kout), want)
     timers = []
     for env, want_timer in (({"KEEPIDLE": "77"}, True), ({"KEEPALIVE": "off"}, False),
                             ({"KEEPALIVE": "skip"}, False)):
@@ -186,12 +192,7 @@ def test_dropin_with_libkeepalive0():
         pre = [other, lib()] if order.startswith("libkeepalive") else [lib(), other]
         preload = " ".join(pre)
         hub, kin, kout, keep = _hub_pair(d, order.split()[0], env, preload=preload)
-        for key in (kin, kout):
-            got = hub.conn(*key)["opts"]
-            if got != want:
-                problems.append("%s: %s socket: getsockopt %s, expected %s"
-                                % (order, "accepted" if key[0] == "in" else "connected", got,
-                                   want))
+        problems += _opts_problems(order, hub, (kin, kout), want)
         port = free_ports(1)[0]
         nc = spawn(["nc", "-l", "127.0.0.1", str(port)], shim=False,
                    env=dict(env, LD_PRELOAD=preload), stdout=subprocess.DEVNULL)

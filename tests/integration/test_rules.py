@@ -446,17 +446,12 @@ def test_rules_program_own_options_kept():
                             % (label, info["opts"], OWN))
     redis = ""
     if find_prog("redis-server"):
-        port = free_ports(1)[0]
-        srv = _redis(d, port, dict(SHIM, TCPKEEP_PORTS=str(port)))
-        s, _ = connect(port)
-        _redis_ping(s)
-        rem, line = _timer(port, s.getsockname()[1])
+        _, rem, line = _redis_timer(d, {})
         if rem is None or not 295 <= rem <= 300:
             problems.append("redis-server (tcp-keepalive 300) under TCPKEEP_PORTS: ss timer %s, "
                             "expected its own ~300 s: %r" % (rem, line))
         else:
             redis = "; redis-server keeps its 300 s (ss %.0f s)" % rem
-        stop(srv)
     if problems:
         raise Fail("; ".join(problems))
     return "own values kept (%s); all five own options kept on the accepted socket%s" % (
@@ -468,6 +463,19 @@ def _timer(lport, pport):
         if x["lport"] == lport and x["pport"] == pport and x["state"].startswith("ESTAB"):
             return keepalive_remaining(x), x["line"]
     return None, "(no such established connection in ss)"
+
+
+def _redis_timer(d, env):
+    """redis-server (tcp-keepalive 300) on a free port, shimmed with
+    TCPKEEP_PORTS naming that port plus env: its answer to PING on one
+    connection and that connection's ss keepalive timer (seconds, ss line)."""
+    port = free_ports(1)[0]
+    srv = _redis(d, port, dict(SHIM, TCPKEEP_PORTS=str(port), **env))
+    s, _ = connect(port)
+    pong = _redis_ping(s)
+    rem, line = _timer(port, s.getsockname()[1])
+    stop(srv)
+    return pong, rem, line
 
 
 @timeout(40)
@@ -498,11 +506,7 @@ def test_rules_override_on():
                                 % (label, rem, line))
     redis = ""
     if find_prog("redis-server"):
-        port = free_ports(1)[0]
-        srv = _redis(d, port, dict(SHIM, TCPKEEP_PORTS=str(port), TCPKEEP_OVERRIDE="on"))
-        s, _ = connect(port)
-        pong = _redis_ping(s)
-        rem, line = _timer(port, s.getsockname()[1])
+        pong, rem, line = _redis_timer(d, {"TCPKEEP_OVERRIDE": "on"})
         if not pong.startswith(b"+PONG"):
             problems.append("redis-server under TCPKEEP_OVERRIDE=on answered %r" % pong)
         if rem is None or not 74 <= rem <= 77:
@@ -510,7 +514,6 @@ def test_rules_override_on():
                             "%s, expected the shim's ~77 s: %r" % (rem, line))
         else:
             redis = "; redis-server's 300 s overridden (ss %.0f s)" % rem
-        stop(srv)
     if problems:
         raise Fail("; ".join(problems))
     return "setsockopt returned 0, shim's values kept (%s)%s" % (", ".join(seen), redis)

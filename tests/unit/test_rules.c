@@ -1311,34 +1311,36 @@ static void test_file_no_memory(void **state)
     alloc_fail_at = -1;
 }
 
+/* Parsing tests must free all they allocate; file tests get a directory of their own. */
+#define PARSE_TEST(test) cmocka_unit_test_setup_teardown(test, reset_counters, check_no_leak)
+#define FILE_TEST(test) cmocka_unit_test_setup_teardown(test, make_dir, remove_dir)
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_issue_example, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_every_key, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_base_inheritance, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_ipv6_colons, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_ipv6_colon_errors, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_comments_blanks_crlf, reset_counters,
-                                        check_no_leak),
-        cmocka_unit_test_setup_teardown(test_first_match_wins, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_errors, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_long_token, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_rule_limit, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_same_as_environment, reset_counters,
-                                        check_no_leak),
-        cmocka_unit_test_setup_teardown(test_parse_edges, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_fuzz_parse, reset_counters, check_no_leak),
-        cmocka_unit_test_setup_teardown(test_file_none, make_dir, remove_dir),
-        cmocka_unit_test_setup_teardown(test_file_open_good, make_dir, remove_dir),
-        cmocka_unit_test_setup_teardown(test_file_open_bad, make_dir, remove_dir),
-        cmocka_unit_test_setup_teardown(test_file_open_missing, make_dir, remove_dir),
-        cmocka_unit_test_setup_teardown(test_file_not_regular, make_dir, remove_dir),
-        cmocka_unit_test_setup_teardown(test_file_too_large, make_dir, remove_dir),
-        cmocka_unit_test_setup_teardown(test_file_rewrites, make_dir, remove_dir),
-        cmocka_unit_test_setup_teardown(test_file_unreadable, make_dir, remove_dir),
-        cmocka_unit_test_setup_teardown(test_file_relative_path, make_dir, remove_dir),
-        cmocka_unit_test_setup_teardown(test_file_no_memory, make_dir, remove_dir),
+        PARSE_TEST(test_issue_example),
+        PARSE_TEST(test_every_key),
+        PARSE_TEST(test_base_inheritance),
+        PARSE_TEST(test_ipv6_colons),
+        PARSE_TEST(test_ipv6_colon_errors),
+        PARSE_TEST(test_comments_blanks_crlf),
+        PARSE_TEST(test_first_match_wins),
+        PARSE_TEST(test_errors),
+        PARSE_TEST(test_long_token),
+        PARSE_TEST(test_rule_limit),
+        PARSE_TEST(test_same_as_environment),
+        PARSE_TEST(test_parse_edges),
+        PARSE_TEST(test_fuzz_parse),
+        FILE_TEST(test_file_none),
+        FILE_TEST(test_file_open_good),
+        FILE_TEST(test_file_open_bad),
+        FILE_TEST(test_file_open_missing),
+        FILE_TEST(test_file_not_regular),
+        FILE_TEST(test_file_too_large),
+        FILE_TEST(test_file_rewrites),
+        FILE_TEST(test_file_unreadable),
+        FILE_TEST(test_file_relative_path),
+        FILE_TEST(test_file_no_memory),
     };
     return cmocka_run_group_tests_name("rules", tests, NULL, NULL);
 }
