@@ -77,6 +77,28 @@ struct tk_config {
     char stats_path[4096];      /* TCPKEEP_STATS, "" = none; may hold %p */
 };
 
+/* What a bad value was expected to be: the end of its one-line message,
+ * the same for a variable and for a rules file's key. */
+#define EXPECT_DURATION "expected a duration such as 30s, 1500ms, 5m or 1h"
+#define EXPECT_SECONDS "expected whole seconds 1..32767, such as 60 or 2m"
+#define EXPECT_COUNT "expected an integer 1..127"
+#define EXPECT_USER_TIMEOUT "expected a duration up to 596h, such as 30s or 1500ms"
+#define EXPECT_ON_OFF "expected on or off"
+#define EXPECT_DRY_RUN "expected on, off, 1 or 0"
+#define EXPECT_PERCENT "expected a percentage 0..100"
+#define EXPECT_JITTER_ALONE "expected TCPKEEP_MAX_LIFETIME to be set too"
+#define EXPECT_ACTION "expected shutdown or reset"
+#define EXPECT_ACTIVITY "expected both, calls or kernel"
+#define EXPECT_DIRECTION "expected in, out or both"
+#define EXPECT_PORTS "expected ports 1..65535 and ranges such as 80,443,8000-8100"
+#define EXPECT_PORTS_MANY "expected at most 32 ports and ranges, such as 80,443,8000-8100"
+#define EXPECT_PEERS "expected IPv4 or IPv6 addresses or CIDRs such as 10.0.0.0/8,::1/128"
+#define EXPECT_PEERS_MANY "expected at most 32 addresses or CIDRs, such as 10.0.0.0/8,::1/128"
+#define EXPECT_PATH "expected a file path"
+#define EXPECT_LOG "expected stderr, off or a file path"
+#define EXPECT_LOG_LEVEL "expected error, warn, info or debug"
+#define EXPECT_LIBKEEPALIVE "expected on, off or skip"
+
 /* Parse results. TK_PARSE_OK is 0 so callers can test for failure with != 0. */
 enum tk_parse_result { TK_PARSE_OK = 0, TK_PARSE_BAD, TK_PARSE_RANGE };
 

@@ -10,22 +10,6 @@
 
 #include "mem.h"
 
-/* The same words as the environment's messages (config.c); test_rules
- * checks that a bad value reads alike in both places. */
-#define EXPECT_DURATION "expected a duration such as 30s, 1500ms, 5m or 1h"
-#define EXPECT_SECONDS "expected whole seconds 1..32767, such as 60 or 2m"
-#define EXPECT_COUNT "expected an integer 1..127"
-#define EXPECT_USER_TIMEOUT "expected a duration up to 596h, such as 30s or 1500ms"
-#define EXPECT_ON_OFF "expected on or off"
-#define EXPECT_DRY_RUN "expected on, off, 1 or 0"
-#define EXPECT_PERCENT "expected a percentage 0..100"
-#define EXPECT_ACTION "expected shutdown or reset"
-#define EXPECT_DIRECTION "expected in, out or both"
-#define EXPECT_PORTS "expected ports 1..65535 and ranges such as 80,443,8000-8100"
-#define EXPECT_PORTS_MANY "expected at most 32 ports and ranges, such as 80,443,8000-8100"
-#define EXPECT_PEERS "expected IPv4 or IPv6 addresses or CIDRs such as 10.0.0.0/8,::1/128"
-#define EXPECT_PEERS_MANY "expected at most 32 addresses or CIDRs, such as 10.0.0.0/8,::1/128"
-
 #define KEY_LIST "idle, read, write, first-byte, half-closed, lifetime, lifetime-jitter, " \
                  "action, keepalive, keepidle, keepintvl, keepcnt, user-timeout, override, dry-run"
 
