@@ -37,6 +37,7 @@ static sigset_t fork_saved_mask;
 
 static void fork_prepare(void)
 {
+    tk_watchdog_fork_prepare(); /* first: the watchdog never waits for the table with it */
     sigset_t old;
     tk_table_lock(&old); /* the child gets a consistent table */
     fork_saved_mask = old;
@@ -46,12 +47,14 @@ static void fork_parent(void)
 {
     sigset_t old = fork_saved_mask;
     tk_table_unlock(&old);
+    tk_watchdog_fork_parent();
 }
 
 static void fork_child(void)
 {
     sigset_t old = fork_saved_mask, still_blocked;
     tk_table_after_fork_child(); /* a fresh lock: no other thread exists here */
+    tk_watchdog_fork_child_early();
     tk_log_after_fork_child();
     tk_stats_after_fork_child();
     tk_table_lock(&still_blocked);

@@ -59,5 +59,9 @@ struct tk_rules *tk_rules_file_open(const char *path, const struct tk_settings *
  * (tk_log, TK_LOG_WARN; once per version) and returns NULL: the previous
  * rules stay in force. */
 struct tk_rules *tk_rules_file_poll(void);
+/* A changed version was seen and will be read at the next poll, if it has
+ * not changed again by then (a file rewritten in place is empty or
+ * half-written for a moment): the watchdog polls again soon. */
+bool tk_rules_file_settling(void);
 
 #endif

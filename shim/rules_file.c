@@ -57,6 +57,8 @@ static struct {
     enum seen seen;
     struct file_identity version; /* SEEN_VERSION */
     int error;                    /* SEEN_ERROR: the errno warned about */
+    bool settling;                /* a new version was seen once, not read yet */
+    struct file_identity pending; /* its identity then */
 } rf;
 
 /* One attempt at reading and parsing the file. */
@@ -237,9 +239,19 @@ struct tk_rules *tk_rules_file_poll(void)
         struct file_identity id;
         identity_of(&st, &id);
         if (rf.seen == SEEN_VERSION && identity_equal(&rf.version, &id)) {
+            rf.settling = false;
             errno = saved;
             return NULL; /* the usual case: nothing changed */
         }
+        /* A file rewritten in place is empty or half-written for a moment:
+         * read a new version only once it looks the same at two polls. */
+        if (!rf.settling || !identity_equal(&rf.pending, &id)) {
+            rf.settling = true;
+            rf.pending = id;
+            errno = saved;
+            return NULL;
+        }
+        rf.settling = false;
         read_and_parse(&a);
         if (a.changed_while_read) {
             /* Still being written: look again at the next poll. */
@@ -267,4 +279,9 @@ struct tk_rules *tk_rules_file_poll(void)
     }
     errno = saved;
     return a.rules;
+}
+
+bool tk_rules_file_settling(void)
+{
+    return rf.settling;
 }

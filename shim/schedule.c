@@ -65,7 +65,7 @@ static struct tk_seen learn(const struct tk_candidate *c, const struct tk_observ
 
 static uint64_t half_closed_poll_ns(uint64_t limit_ns)
 {
-    return min64(max64(limit_ns / 4, TK_HALF_CLOSED_POLL_MIN_NS), TK_HALF_CLOSED_POLL_MAX_NS);
+    return min64(max64(limit_ns / 2, TK_HALF_CLOSED_POLL_MIN_NS), TK_HALF_CLOSED_POLL_MAX_NS);
 }
 
 /* The earliest policy due, over those enabled and not reported already. */
@@ -120,6 +120,10 @@ struct tk_decision tk_schedule_decide(const struct tk_candidate *c,
 
     bool confirmed = obs && obs->have_info;
     if (obs) {
+        if (obs->no_look) {
+            d.next_check_ns = now + min64(smallest, TK_NS_PER_S);
+            return d;
+        }
         if (!obs->same_socket) {
             d.verdict = TK_VERDICT_STALE;
             return d;

@@ -43,6 +43,7 @@ struct tk_candidate {
 
 /* What the kernel said about the socket behind a candidate's fd. */
 struct tk_observation {
+    bool no_look;           /* could not look (out of descriptors): try again later */
     bool same_socket;       /* the fd still refers to the candidate's socket */
     bool have_info;         /* TCP_INFO was read */
     uint8_t tcp_state;      /* TCP_ESTABLISHED, ... */
@@ -70,7 +71,8 @@ struct tk_decision {
 };
 
 /* How often the watchdog looks for a peer's close when nothing else is due
- * (TCPKEEP_HALF_CLOSED_TIMEOUT only): limit / 4, between these bounds. */
+ * (TCPKEEP_HALF_CLOSED_TIMEOUT only): limit / 2, between these bounds: an
+ * end-of-file the program read is then found before its limit is up. */
 #define TK_HALF_CLOSED_POLL_MIN_NS (250 * 1000000ULL)
 #define TK_HALF_CLOSED_POLL_MAX_NS (10 * 1000000000ULL)
 

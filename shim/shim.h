@@ -63,5 +63,9 @@ void tk_watchdog_notify(uint64_t check_at_ns);
 /* True if the watchdog must run even with nothing due. */
 bool tk_watchdog_has_chores(void);
 void tk_watchdog_after_fork_child(void);
+/* fork(): the watchdog's private dup must not be copied into the child. */
+void tk_watchdog_fork_prepare(void);
+void tk_watchdog_fork_parent(void);
+void tk_watchdog_fork_child_early(void);
 
 #endif

@@ -178,12 +178,12 @@ struct tk_conn *tk_table_bind(int fd, uint64_t cookie)
     }
     /* The watchdog may still read a recycled record's stamps and cookie
      * without the lock (and finds the cookie changed): store those
-     * atomically, clear the rest. */
+     * atomically, clear the rest. `writing` is left alone: a write still
+     * blocked on the old socket decrements it when it returns. */
     memset(&c->check_at_ns, 0, sizeof(*c) - offsetof(struct tk_conn, check_at_ns));
     atomic_store_explicit(&c->last_read, 0, memory_order_relaxed);
     atomic_store_explicit(&c->last_write, 0, memory_order_relaxed);
     atomic_store_explicit(&c->eof_at, 0, memory_order_relaxed);
-    atomic_store_explicit(&c->writing, 0, memory_order_relaxed);
     __atomic_store_n(&c->cookie, cookie, __ATOMIC_RELAXED);
     c->heap_index = TK_NOT_QUEUED;
     c->fd = fd;

@@ -46,15 +46,31 @@ static void init_cond(void)
 
 static void release_dup(int d);
 
-/* A private dup of fd if it is still the socket `cookie` names, else -1.
- * Acting on the dup is safe whatever happens to the number fd meanwhile. */
-static int dup_if_same(int fd, uint64_t cookie)
+/* The watchdog's private dup is held under dup_lock, which fork() takes
+ * first (tk_watchdog_fork_*): a child never inherits one it would not know
+ * to close. The watchdog never waits for the table lock while holding it. */
+static pthread_mutex_t dup_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Above the numbers a program expects to get back (close(1); dup(p)). */
+#define TK_DUP_FD_MIN 100
+
+/* A private dup of fd if it is still the socket `cookie` names, else -1;
+ * *busy if the process is out of descriptors (look again later). Acting
+ * on the dup is safe whatever happens to the number fd meanwhile. */
+static int dup_if_same(int fd, uint64_t cookie, bool *busy)
 {
+    *busy = false;
     if (fd < 0)
         return -1;
-    int d = (int)syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 0);
-    if (d < 0)
-        return -1; /* EBADF: closed behind our back */
+    pthread_mutex_lock(&dup_lock);
+    int d = (int)syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, TK_DUP_FD_MIN);
+    if (d < 0 && errno == EINVAL) /* RLIMIT_NOFILE below the minimum */
+        d = (int)syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0) {
+        *busy = errno == EMFILE || errno == ENFILE; /* else EBADF: closed behind our back */
+        pthread_mutex_unlock(&dup_lock);
+        return -1;
+    }
     tk_set_private_fd(TK_PRIVATE_WATCHDOG, d);
     if (tk_socket_cookie(d) == cookie)
         return d;
@@ -66,6 +82,22 @@ static void release_dup(int d)
 {
     syscall(SYS_close, d);
     tk_set_private_fd(TK_PRIVATE_WATCHDOG, -1);
+    pthread_mutex_unlock(&dup_lock);
+}
+
+void tk_watchdog_fork_prepare(void)
+{
+    pthread_mutex_lock(&dup_lock);
+}
+
+void tk_watchdog_fork_parent(void)
+{
+    pthread_mutex_unlock(&dup_lock);
+}
+
+void tk_watchdog_fork_child_early(void)
+{
+    pthread_mutex_init(&dup_lock, NULL);
 }
 
 /* What the kernel says about the candidate's fd; `*dup_fd` gets a dup of
@@ -73,7 +105,9 @@ static void release_dup(int d)
 static void observe(const struct tk_candidate *cand, struct tk_observation *obs, int *dup_fd)
 {
     memset(obs, 0, sizeof(*obs));
-    *dup_fd = dup_if_same(cand->fd, cand->cookie);
+    bool busy;
+    *dup_fd = dup_if_same(cand->fd, cand->cookie, &busy);
+    obs->no_look = busy;
     if (*dup_fd < 0)
         return;
     obs->same_socket = true;
@@ -212,12 +246,16 @@ struct regather {
 static void resettle(struct tk_conn *c, void *ctx)
 {
     struct regather *g = ctx;
-    if (c->kind != TK_KIND_CONN || !c->set)
+    if (!c->set)
         return;
-    const struct tk_settings *s = tk_settings_for(&c->key);
+    /* Every record leaves the old rules, cut ones too: they are freed next. */
+    const struct tk_settings *s = c->kind == TK_KIND_SOCKET ? &tk_cfg.set
+                                                            : tk_settings_for(&c->key);
     if (!s) /* the environment's filter does not change: cannot happen */
-        return;
+        s = &tk_cfg.set;
     c->set = s;
+    if (c->kind != TK_KIND_CONN)
+        return;
     tk_schedule_rewatch(c, g->now);
     if (g->list && g->n < g->cap && c->fd >= 0)
         g->list[g->n++] = (struct reapply){ c->cookie, c->fd, c->own_opts, *s };
@@ -225,7 +263,8 @@ static void resettle(struct tk_conn *c, void *ctx)
 
 static void apply_again(const struct reapply *r)
 {
-    int d = dup_if_same(r->fd, r->cookie);
+    bool busy;
+    int d = dup_if_same(r->fd, r->cookie, &busy);
     if (d < 0)
         return;
     tk_apply_options(d, &r->set, r->own, true);
@@ -256,6 +295,7 @@ static void install_rules(struct tk_rules *rules, pthread_mutex_t *lock)
 /* The chores beside cuts: the rules file (checked once a second) and the
  * stats file (written every 2 s). Returns when they are next due. */
 #define TK_RULES_POLL_NS TK_NS_PER_S
+#define TK_RULES_SETTLE_NS (250 * TK_NS_PER_MS)
 #define TK_STATS_EVERY_NS (2 * TK_NS_PER_S)
 static uint64_t next_rules_poll, next_stats;
 
@@ -267,6 +307,8 @@ static uint64_t chores(uint64_t now, pthread_mutex_t *lock)
             next_rules_poll = now + TK_RULES_POLL_NS;
             pthread_mutex_unlock(lock);
             struct tk_rules *fresh = tk_rules_file_poll();
+            if (tk_rules_file_settling())
+                next_rules_poll = now + TK_RULES_SETTLE_NS;
             pthread_mutex_lock(lock);
             if (fresh)
                 install_rules(fresh, lock);
@@ -374,7 +416,11 @@ void tk_watchdog_after_fork_child(void)
     sleeping_until = 0;
     init_cond();
     tk_schedule_after_fork_child(tk_clock_now());
-    next_rules_poll = next_stats = 0;
-    if (tk_schedule_next() != UINT64_MAX || (tk_watchdog_has_chores() && tk_table_count()))
+    /* The child's first stats file waits 2 s, and its watchdog starts only
+     * for connections it must watch (or at its own first socket): a child
+     * that only execs leaves no file. */
+    next_rules_poll = 0;
+    next_stats = tk_clock_now() + TK_STATS_EVERY_NS;
+    if (tk_schedule_next() != UINT64_MAX)
         start();
 }

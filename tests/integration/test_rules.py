@@ -11,6 +11,7 @@ each excluded connection below fails then. Several servers run at once, so
 each test waits for the cut window only once.
 """
 import os
+import sys
 import socket
 import subprocess
 import time
@@ -884,3 +885,47 @@ def test_rules_config_bad_version_and_delete():
             "warning after %.2f s, rules kept (%s); a new good file took effect %.2f s after "
             "it was written" % (t_seen_bad, after_bad, t_seen_del, after_del,
                                 time.monotonic() - t_new))
+
+
+CUT_THEN_RELOAD = r"""
+import os, socket, sys, time
+rules = sys.argv[1]
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(4)
+c = socket.create_connection(s.getsockname())
+a, _ = s.accept()
+a.settimeout(5)
+print("cut", a.recv(1) == b"", flush=True)        # the rule's idle limit ends it
+with open(rules + ".new", "w") as f:
+    f.write("*: idle=0 keepidle=50\n")
+os.rename(rules + ".new", rules)                  # the old rule set is freed
+time.sleep(2.5)
+for sock in (a, c):                               # records of cut connections
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 33)
+print("alive", a.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), flush=True)
+"""
+
+
+@timeout(30)
+def test_rules_reload_after_cut():
+    """Connections cut under a rule, still held by the program, when a new
+    rules file replaces the old one: their records must leave the freed
+    rule set too. The program's setsockopt on them afterwards read the freed
+    settings and crashed (SIGSEGV) before the fix; now it works and the
+    program's own value stands."""
+    d = tmpdir()
+    rules = os.path.join(d, "cut.rules")
+    with open(rules, "w") as f:
+        f.write("*: idle=1s\n")
+    prog = os.path.join(d, "cut_then_reload.py")
+    with open(prog, "w") as f:
+        f.write(CUT_THEN_RELOAD)
+    p = spawn([sys.executable, prog, rules], env={"TCPKEEP_CONFIG": rules})
+    out, err = p.communicate(timeout=20)
+    check(p.returncode == 0, "the program ended with status %s (a negative one is a signal); "
+          "stdout %r stderr %r" % (p.returncode, out, err[-400:]))
+    check("cut True" in out and "alive 33" in out, "unexpected output %r" % out)
+    return "cut connections held through a reload: setsockopt afterwards works (%s)" % \
+        out.strip().replace("\n", ", ")

@@ -431,9 +431,10 @@ def test_stats_sigkill_leaves_last_file():
 @timeout(40)
 def test_stats_option_errors():
     """Every setsockopt made to fail (strace fault injection, EPERM) under a
-    server that calls none itself, TCPKEEP_PORTS=<its port> so that each
-    accepted connection gets SO_KEEPALIVE and TCP_USER_TIMEOUT: after two
-    connections option_errors is 4 and keepalive_set 0; the server still
+    server that calls none itself, TCPKEEP_PORTS=<its port> so that the
+    listener (at listen) and each accepted connection get SO_KEEPALIVE and
+    TCP_USER_TIMEOUT: after two connections option_errors is 6 (2 + 2 x 2),
+    exactly the failures strace saw, and keepalive_set 0; the server still
     serves."""
     need("strace")
     d = tmpdir()
@@ -459,11 +460,13 @@ def _option_errors(hub, port, path, d):
         info = hub.conn("in", port, s.getsockname()[1])
         check(info["opts"]["keepalive"] == 0, "SO_KEEPALIVE is on though every setsockopt "
               "failed: is strace injecting? %s" % info["opts"])
-    obj = wait_stats(path, lambda o: o["option_errors"] >= 4, PERIOD_WAIT,
+    obj = wait_stats(path, lambda o: o["option_errors"] >= 6, PERIOD_WAIT,
                      "option_errors for the failed setsockopt calls")
     with open(os.path.join(d, "trace")) as f:
         failed = sum(1 for ln in f if "setsockopt(" in ln and "EPERM" in ln)
-    _expect(obj, {"option_errors": 4, "keepalive_set": 0, "tracked_now": 2},
-            "after 2 connections whose 2 options each failed (strace saw %d failed calls)"
-            % failed)
-    return "option_errors 4 (strace: %d setsockopt failed with EPERM), keepalive_set 0" % failed
+    check(failed == 6, "strace saw %d failed setsockopt calls, expected 6 (listener and two "
+          "connections, 2 options each)" % failed)
+    _expect(obj, {"option_errors": 6, "keepalive_set": 0, "tracked_now": 2},
+            "after the listener and 2 connections whose 2 options each failed (strace saw "
+            "%d failed calls)" % failed)
+    return "option_errors 6 (strace: %d setsockopt failed with EPERM), keepalive_set 0" % failed

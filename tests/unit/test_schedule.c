@@ -1569,15 +1569,15 @@ static void test_decide_half_closed(void **state)
     expect_cut_at(&c, &none, &calls, T0 + 12 * SEC, TK_REASON_HALF_CLOSED, 2 * SEC);
 
     /* Denied when TCP_INFO says the connection is established: no cut,
-     * and a look again after the poll interval (limit / 4). */
+     * and a look again after the poll interval (limit / 2). */
     struct kview est = { .recv_at = T0, .sent_at = T0 };
     for (int m = 0; m < 3; m++) {
         for (uint64_t now = T0 + 10 * SEC; now < T0 + 100 * SEC; now += 7 * SEC) {
             struct tk_decision d = decide_at(&c, &est, now, modes[m]);
             if (d.verdict != TK_VERDICT_WAIT)
                 fail_msg("%s: half-closed cut while established", mode_name[m]);
-            assert_int_equal(d.seen.poll_ns, now + 500 * MS);
-            assert_int_equal(d.next_check_ns, now + 500 * MS);
+            assert_int_equal(d.seen.poll_ns, now + 1 * SEC);
+            assert_int_equal(d.next_check_ns, now + 1 * SEC);
             assert_int_equal(d.seen.closewait_ns, 0);
         }
     }
@@ -1634,7 +1634,7 @@ static void test_decide_half_closed_close_wait(void **state)
     }
 }
 
-/* Before the peer's close is noticed: the watchdog polls for it (limit / 4,
+/* Before the peer's close is noticed: the watchdog polls for it (limit / 2,
  * between 250 ms and 10 s) from the birth or the last look. */
 static void test_decide_half_closed_poll(void **state)
 {
@@ -1642,8 +1642,8 @@ static void test_decide_half_closed_poll(void **state)
     static const struct {
         uint64_t limit_ms, poll_ns;
     } cases[] = {
-        { 100, 250 * MS }, { 400, 250 * MS }, { 1000, 250 * MS }, { 2000, 500 * MS },
-        { 8000, 2 * SEC }, { 40000, 10 * SEC }, { 100000, 10 * SEC },
+        { 100, 250 * MS }, { 400, 250 * MS }, { 1000, 500 * MS }, { 2000, 1 * SEC },
+        { 8000, 4 * SEC }, { 40000, 10 * SEC }, { 100000, 10 * SEC },
         { 3600000, 10 * SEC },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -1905,7 +1905,7 @@ static uint64_t rnd_limit_ms(void)
 
 static uint64_t poll_interval(uint64_t limit_ms)
 {
-    uint64_t p = limit_ms * MS / 4;
+    uint64_t p = limit_ms * MS / 2;
     return p < 250 * MS ? 250 * MS : p > 10 * SEC ? 10 * SEC : p;
 }
 
@@ -2385,7 +2385,7 @@ static int poll_twice(void)
 {
     struct tk_candidate out[2];
     sigset_t old;
-    uint64_t poll = T0 + 500 * MS;
+    uint64_t poll = T0 + 1 * SEC;
     tk_table_lock(&old);
     unsigned n = tk_schedule_collect(poll, &both, out, 2);
     tk_table_unlock(&old);
@@ -2394,11 +2394,11 @@ static int poll_twice(void)
     struct kview est = { .recv_at = T0, .sent_at = T0 };
     struct tk_observation o = observe_at(&est, poll);
     struct tk_decision d = tk_schedule_decide(&out[0], &o, poll, &both);
-    if (d.verdict != TK_VERDICT_WAIT || d.next_check_ns != poll + 500 * MS)
+    if (d.verdict != TK_VERDICT_WAIT || d.next_check_ns != poll + 1 * SEC)
         return 20;
     tk_table_lock(&old);
     tk_schedule_settle(&out[0], &d, poll);
-    n = tk_schedule_collect(poll + 500 * MS, &both, out, 2);
+    n = tk_schedule_collect(poll + 1 * SEC, &both, out, 2);
     tk_table_unlock(&old);
     return n == 1 ? 0 : 30 + (int)n;
 }
@@ -2414,7 +2414,7 @@ static void test_collect_hands_out_due_half_closed_poll(void **state)
     (void)state;
     struct tk_conn *c = conn_full(5, 1201, T0, &half_closed_only, TK_DIR_IN, NULL);
     assert_true(queued(c));
-    assert_int_equal(c->check_at_ns, T0 + 500 * MS);
+    assert_int_equal(c->check_at_ns, T0 + 1 * SEC);
     int rc = run_bounded(poll_twice, 5000);
     if (rc == -1)
         fail_msg("tk_schedule_collect at the half-closed poll time did not return within "
