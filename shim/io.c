@@ -3,10 +3,12 @@
  * Each wrapper looks the fd up first (atomic loads only). An untracked fd
  * goes straight to the real function as a tail call: a load, a branch and a
  * jump. A tracked one calls the real function and, if at least one byte
- * moved, stamps the connection with the coarse monotonic clock, storing only
- * when the stamp changes so that threads on different connections do not
- * write shared cache lines. No lock, no allocation, no system call of our
- * own, errno untouched: safe in signal handlers and in a forked child. */
+ * moved, stamps the connection's read or write field with tk_stamp() (the
+ * TSC), storing only when the stamp moved on by a grain so that threads on
+ * different connections do not write shared cache lines; a read of
+ * end-of-file is noted, and a write counts itself in and out. No lock, no
+ * allocation, no system call of our own, errno untouched: safe in signal
+ * handlers and in a forked child. */
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -56,14 +58,15 @@ static size_t iov_bytes(const struct iovec *iov, int cnt)
             note_eof(c);                             \
     } while (0)
 
-/* A write call is under way: under TCPKEEP_ACTIVITY=calls the peer's
- * acknowledgements count as progress only while the program is in one (a
- * slow reader is not idle, a splice() the shim cannot see is). Reads: no-op. */
-#define TK_WRITING(c, dir, delta)                                                    \
-    do {                                                                             \
-        if (__builtin_offsetof(struct tk_conn, dir) == __builtin_offsetof(struct tk_conn, last_write)) \
-            atomic_fetch_add_explicit(&(c)->writing, (uint32_t)(delta), memory_order_relaxed); \
-    } while (0)
+/* Around the real call. A write call counts itself in and out: under
+ * TCPKEEP_ACTIVITY=calls the peer's acknowledgements count as progress only
+ * while the program is in one (a slow reader is not idle; data moved by a
+ * splice() the shim cannot see is not the program's activity). Reads do
+ * nothing here. `dir` is the stamp field, last_read or last_write. */
+#define TK_ENTER_last_read(c) ((void)0)
+#define TK_LEAVE_last_read(c) ((void)0)
+#define TK_ENTER_last_write(c) atomic_fetch_add_explicit(&(c)->writing, 1, memory_order_relaxed)
+#define TK_LEAVE_last_write(c) atomic_fetch_sub_explicit(&(c)->writing, 1, memory_order_relaxed)
 
 static inline void touch(int fd, int is_read)
 {
@@ -103,9 +106,9 @@ static inline void touch(int fd, int is_read)
     static __attribute__((noinline)) type name##_tracked(                      \
         TK_UNPAREN params, struct tk_conn *c, __typeof__(tk_real.field) real)  \
     {                                                                          \
-        TK_WRITING(c, dir, 1);                                                 \
+        TK_ENTER_##dir(c);                                                     \
         type r = real args;                                                    \
-        TK_WRITING(c, dir, -1);                                                \
+        TK_LEAVE_##dir(c);                                                     \
         TK_MOVED(c, r, dir, eof_cond);                                         \
         return r;                                                              \
     }                                                                          \
