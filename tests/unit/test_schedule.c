@@ -24,10 +24,10 @@
 #include "schedule.h"
 #include "stats.h"
 #include "table.h"
+#include "locked_table.h"
 
 /* stats.c is not linked (it needs the logger): schedule.c and table.c
  * count into this. */
-struct tk_stats tk_stats;
 
 #define MS 1000000ULL
 #define SEC 1000000000ULL
@@ -52,47 +52,6 @@ static const struct tk_settings no_policy = { .keepalive = true, .keepidle_s = 6
 
 /* ---------------------------------------------------------------------------
  * Helpers */
-
-/* A failed assertion leaves the test by longjmp, maybe holding the lock:
- * the teardown lets go of it, or every later test would deadlock. */
-static sigset_t saved_mask;
-static bool held;
-
-static void lock(void)
-{
-    tk_table_lock(&saved_mask);
-    held = true;
-}
-
-static void unlock(void)
-{
-    held = false;
-    tk_table_unlock(&saved_mask);
-}
-
-static unsigned qlen(void)
-{
-    lock();
-    unsigned n = tk_queue_length();
-    unlock();
-    return n;
-}
-
-static struct tk_conn *find(uint64_t cookie)
-{
-    lock();
-    struct tk_conn *c = tk_table_find(cookie);
-    unlock();
-    return c;
-}
-
-static unsigned count(void)
-{
-    lock();
-    unsigned n = tk_table_count();
-    unlock();
-    return n;
-}
 
 static uint64_t rng_state;
 static uint64_t rnd(void)
@@ -175,8 +134,7 @@ static uint64_t stat_total(void)
 static int reset(void **state)
 {
     (void)state;
-    if (held)
-        unlock();
+    release_lock_if_held();
     lock();
     tk_schedule_after_fork_child(0); /* forgets what is in flight */
     tk_table_unbind_range(0, UINT_MAX);

@@ -18,8 +18,7 @@
 
 #include "stats.h"
 #include "table.h"
-
-struct tk_stats tk_stats;
+#include "locked_table.h"
 
 /* ---------------------------------------------------------------------------
  * Allocation failure injection */
@@ -40,23 +39,6 @@ void *__wrap_tk_mem_alloc(size_t size)
 
 /* ---------------------------------------------------------------------------
  * Helpers */
-
-/* A failed assertion leaves the test by longjmp, maybe holding the lock:
- * the teardown lets go of it, or every later test would deadlock. */
-static sigset_t saved_mask;
-static bool held;
-
-static void lock(void)
-{
-    tk_table_lock(&saved_mask);
-    held = true;
-}
-
-static void unlock(void)
-{
-    held = false;
-    tk_table_unlock(&saved_mask);
-}
 
 static struct tk_conn *t_bind(int fd, uint64_t cookie)
 {
@@ -109,30 +91,6 @@ static void unbind_if(int fd, struct tk_conn *c)
     unlock();
 }
 
-static struct tk_conn *find(uint64_t cookie)
-{
-    lock();
-    struct tk_conn *c = tk_table_find(cookie);
-    unlock();
-    return c;
-}
-
-static unsigned count(void)
-{
-    lock();
-    unsigned n = tk_table_count();
-    unlock();
-    return n;
-}
-
-static unsigned qlen(void)
-{
-    lock();
-    unsigned n = tk_queue_length();
-    unlock();
-    return n;
-}
-
 static struct tk_conn *qfirst(void)
 {
     lock();
@@ -145,8 +103,7 @@ static struct tk_conn *qfirst(void)
 static int empty_table(void **state)
 {
     (void)state;
-    if (held)
-        unlock();
+    release_lock_if_held();
     alloc_fail = false;
     unbind_range(0, UINT_MAX);
     tk_table_oom = false;

@@ -34,7 +34,7 @@ UNIT_LDFLAGS_test_rules := -Wl,--wrap=tk_mem_alloc -Wl,--wrap=tk_mem_free
 UNIT_BINS := $(UNIT_TESTS:%=$(UNIT_OUT)/%)
 
 define UNIT_RULE
-$(UNIT_OUT)/$(1): $(UNIT_DIR)/$(1).c $$(UNIT_SRC_$(1)) $$(SHIM_HDR) $(UNIT_DIR)/unit.mk
+$(UNIT_OUT)/$(1): $(UNIT_DIR)/$(1).c $$(UNIT_SRC_$(1)) $$(SHIM_HDR) $(UNIT_DIR)/locked_table.h $(UNIT_DIR)/unit.mk
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(UNIT_CFLAGS) -o $$@ $(UNIT_DIR)/$(1).c $$(UNIT_SRC_$(1)) \
 	    $$(UNIT_LDFLAGS_$(1)) $$(UNIT_LIBS)
