@@ -141,13 +141,7 @@ static int client(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    signal(SIGPIPE, SIG_IGN);
-    if (argc >= 2 && strcmp(argv[1], "server") == 0)
-        return server(argc, argv);
-    if (argc >= 2 && strcmp(argv[1], "client") == 0)
-        return client(argc, argv);
-    fprintf(stderr, "usage: churn server | churn client --ports A[,B] --seconds S "
-                    "[--slices N] [--threads T]\n");
-    return 2;
+    return server_client_main(argc, argv, server, client,
+                              "churn server | churn client --ports A[,B] --seconds S "
+                              "[--slices N] [--threads T]");
 }

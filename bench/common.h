@@ -236,4 +236,19 @@ static inline int write_all(int fd, const void *buf, size_t n)
     return 0;
 }
 
+/* main() of a program with two roles, `prog server ...` and `prog client
+ * ...`: line-buffered JSON out, EPIPE instead of SIGPIPE, then the role. */
+static inline int server_client_main(int argc, char **argv, int (*server)(int, char **),
+                                     int (*client)(int, char **), const char *usage)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    if (argc >= 2 && strcmp(argv[1], "server") == 0)
+        return server(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "client") == 0)
+        return client(argc, argv);
+    fprintf(stderr, "usage: %s\n", usage);
+    return 2;
+}
+
 #endif

@@ -184,12 +184,6 @@ static int client(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    signal(SIGPIPE, SIG_IGN);
-    if (argc >= 2 && strcmp(argv[1], "server") == 0)
-        return server(argc, argv);
-    if (argc >= 2 && strcmp(argv[1], "client") == 0)
-        return client(argc, argv);
-    fprintf(stderr, "usage: idle server --expect N [--stamp] | idle client --port P --count N\n");
-    return 2;
+    return server_client_main(argc, argv, server, client,
+                              "idle server --expect N [--stamp] | idle client --port P --count N");
 }

@@ -332,24 +332,8 @@ def handshake_time(sock):
 def wait_eof(sock, limit):
     """Read (and discard) until EOF or reset, at most `limit` s. Returns
     (monotonic time of the end or None, bytes read, how: 'eof'|'reset')."""
-    end = time.monotonic() + limit
-    got = 0
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            return None, got, None
-        r, _, _ = select.select([sock], [], [], left)
-        if not r:
-            continue
-        try:
-            data = sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):
-            return time.monotonic(), got, "reset"
-        except (BlockingIOError, InterruptedError):
-            continue
-        if not data:
-            return time.monotonic(), got, "eof"
-        got += len(data)
+    arrivals, end, how = read_until_end(sock, limit)
+    return end, sum(n for _, n in arrivals), how
 
 
 def read_until_end(sock, limit):
@@ -610,3 +594,63 @@ def expect_keepalive_timer(lport, pport, keepidle, who):
         raise Fail("%s: keepalive timer %.3f s, expected about %d s: %r"
                    % (who, rem, keepidle, c["line"]))
     return "%g s (ss: %s)" % (rem, c["timer"][3])
+
+
+# A server that reads a byte 0.8 s after it arrived, then waits for the end
+# of the connection: "ready PORT", "read TIME", "end TIME eof|data|error".
+LATE_READER = r"""
+import select, socket, sys, time
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(1)
+print("ready", ls.getsockname()[1], flush=True)
+c, _ = ls.accept()
+select.select([c], [], [], 5)
+time.sleep(0.8)                  # the byte waits in the kernel's buffer
+c.recv(1)
+print("read %.6f" % time.monotonic(), flush=True)
+c.settimeout(5)
+try:
+    d = c.recv(1)
+    print("end %.6f %s" % (time.monotonic(), "eof" if d == b"" else "data"), flush=True)
+except OSError as e:
+    print("end %.6f %s" % (time.monotonic(), e), flush=True)
+"""
+
+
+# The start of the C test programs: the usual headers, a monotonic clock
+# in seconds and a bounded check for the end of a connection (marked unused
+# so that a program which needs neither compiles without a warning).
+C_COMMON = r"""
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+__attribute__((unused))
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Has the connection on fd ended (EOF or error)? Waits up to ms. */
+__attribute__((unused))
+static int ended_within(int fd, int ms)
+{
+    struct pollfd p = { fd, POLLIN, 0 };
+    if (poll(&p, 1, ms) <= 0)
+        return 0;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
+    return n == 0 || (n < 0 && errno != EAGAIN);
+}
+"""

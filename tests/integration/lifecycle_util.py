@@ -8,7 +8,7 @@ import select
 import subprocess
 import time
 
-from helpers import Fail, compile_c, finish, kill, spawn, which
+from helpers import C_COMMON, Fail, compile_c, finish, kill, spawn, which
 
 # --------------------------------------------------------------------------
 # The peer: one epoll loop, no shim. Every connection says what it is with
@@ -269,33 +269,15 @@ class Peer:
 # --------------------------------------------------------------------------
 # C prelude for the programs run under the shim.
 
-C_PRELUDE = r"""
-#include <arpa/inet.h>
-#include <errno.h>
+C_PRELUDE = C_COMMON + r"""
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #define REQ %(REQ)d
 static struct sockaddr_in peer_addr;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void set_peer(const char *port)
 {

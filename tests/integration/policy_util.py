@@ -14,7 +14,7 @@ import re
 import select
 import time
 
-from helpers import CUT_SLACK, Fail, _next_line, connect, expect_line, lines_until
+from helpers import C_COMMON, CUT_SLACK, Fail, _next_line, connect, expect_line, lines_until
 
 REASONS = ("idle", "read-idle", "write-idle", "first-byte", "half-closed", "lifetime")
 
@@ -372,31 +372,14 @@ while time.monotonic() < end:
 # prints "accepted T" and, when the write returns, "write RESULT ERRNO T"
 # and "progress T": the last time its kernel's tcpi_bytes_acked advanced, as
 # seen by a thread that reads TCP_INFO every 5 ms (getsockopt moves no data).
-SLOW_WRITER = r"""
-#include <arpa/inet.h>
-#include <errno.h>
+SLOW_WRITER = C_COMMON + r"""
 #include <linux/tcp.h>
-#include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 static int conn;
 static atomic_int write_done;
 static double last_progress;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void *watch_acks(void *arg)
 {
@@ -460,28 +443,12 @@ int main(int argc, char **argv)
 # returns <= 0; then prints "end PEERPORT FD RESULT ERRNO T FCNTL FCNTL_ERRNO"
 # (FCNTL = fcntl(fd, F_GETFD), which fails with EBADF if the descriptor was
 # closed behind the program's back). Holds every descriptor until stdin closes.
-RESET_SERVER = r"""
-#include <arpa/inet.h>
-#include <errno.h>
+RESET_SERVER = C_COMMON + r"""
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 static pthread_mutex_t out_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void *serve(void *arg)
 {
@@ -549,26 +516,9 @@ int main(int argc, char **argv)
 # shutdown shows as IN|RDHUP. Prints "c I T_ACCEPT T_BEFORE_WRITE
 # T_AFTER_WRITE T_CUT WRITE_ERRNO" per connection (T_CUT 0: not cut within
 # limit + 4 s; WRITE_ERRNO not 0: already cut when written to), then "done K".
-MANY_SERVER = r"""
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
+MANY_SERVER = C_COMMON + r"""
 #include <sys/epoll.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 int main(int argc, char **argv)
 {
@@ -660,22 +610,8 @@ int main(int argc, char **argv)
 # sockets to 127.0.0.1:PORT as fast as it can (C, so that the accepts, and
 # the clocks they start, are close together), prints "connected N SECONDS",
 # then holds them until its stdin closes.
-MANY_CLIENT = r"""
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <stdio.h>
-#include <stdlib.h>
+MANY_CLIENT = C_COMMON + r"""
 #include <sys/resource.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 int main(int argc, char **argv)
 {

@@ -2,32 +2,15 @@
 close_range, dup2 onto a tracked fd, dup'd descriptors."""
 import re
 
-from helpers import EchoServer, Fail, check, compile_c, run, spawn, timeout
+from helpers import C_COMMON, EchoServer, Fail, check, compile_c, run, spawn, timeout
 
 LIMIT = 0.5
 
-FD_PROG = r"""
-#include <arpa/inet.h>
-#include <errno.h>
+FD_PROG = C_COMMON + r"""
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
 #include <sys/syscall.h>
-#include <time.h>
-#include <unistd.h>
 
 static struct sockaddr_in peer;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static int tcp(void)
 {
@@ -48,17 +31,6 @@ static int tcp_unseen(void)
         exit(2);
     }
     return fd;
-}
-
-/* Is the connection on fd ended (EOF/error)? Waits up to ms. */
-static int ended_within(int fd, int ms)
-{
-    struct pollfd p = { fd, POLLIN, 0 };
-    if (poll(&p, 1, ms) <= 0)
-        return 0;
-    char c;
-    ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
-    return n == 0 || (n < 0 && errno != EAGAIN);
 }
 
 /* Echo one byte every 100 ms for `secs` through `io` fds (all to the same
@@ -235,29 +207,12 @@ def test_fd_reuse_and_dup():
     return "; ".join(summary) + " (limit %g s)" % LIMIT
 
 
-SIGNAL_PROG = r"""
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/socket.h>
+SIGNAL_PROG = C_COMMON + r"""
 #include <sys/time.h>
-#include <time.h>
-#include <unistd.h>
 
 static struct sockaddr_in peer;
 static int tracked = -1;
 static volatile sig_atomic_t handler_writes, handler_errno_changed;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* The self-pipe style: write to a tracked socket from a signal handler,
  * possibly interrupting the shim's own cold path in the main thread. */

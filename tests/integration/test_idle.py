@@ -5,9 +5,9 @@ import socket
 import subprocess
 import time
 
-from helpers import (Active, Fail, check, compile_c, cut_window, connect, finish, free_port,
-                     handshake_time, kernel_last_data_recv, lib, need, read_until_end, spawn,
-                     expect_line, script, tmpdir, wait_eof, wait_listen, which)
+from helpers import (LATE_READER, Active, Fail, check, compile_c, cut_window, connect, finish,
+                     free_port, handshake_time, kernel_last_data_recv, lib, need, read_until_end,
+                     spawn, expect_line, script, tmpdir, wait_eof, wait_listen, which)
 
 
 def _nc_server(port, limit):
@@ -17,16 +17,23 @@ def _nc_server(port, limit):
     return p
 
 
-def test_idle_client_cut():
-    """nc -l under the shim (limit 1s); an idle plain client sees EOF on time."""
+def _idle_client_cut(limit_text, limit, wait):
+    """nc -l under the shim with TCPKEEP_IDLE_TIMEOUT=limit_text; an idle
+    plain client, waiting at most `wait` s for its end: (the cut_window
+    description, how the client saw the end)."""
     port = free_port()
-    srv = _nc_server(port, "1s")
+    srv = _nc_server(port, limit_text)
     s, t0 = connect(port)
-    end, _, how = wait_eof(s, 3.0)
-    msg = cut_window(end and end - t0, 1.0, "idle client cut")
+    end, _, how = wait_eof(s, wait)
+    msg = cut_window(end and end - t0, limit, "idle client cut")
     s.close()
     finish(srv)
-    return "%s, seen as %s by the client" % (msg, how)
+    return msg, how
+
+
+def test_idle_client_cut():
+    """nc -l under the shim (limit 1s); an idle plain client sees EOF on time."""
+    return "%s, seen as %s by the client" % _idle_client_cut("1s", 1.0, 3.0)
 
 
 def test_idle_nc_client_cut():
@@ -73,14 +80,7 @@ def test_active_client_kept():
 
 def test_ms_limit():
     """TCPKEEP_IDLE_TIMEOUT=300ms: an idle client is cut between 0.3 and 0.8 s."""
-    port = free_port()
-    srv = _nc_server(port, "300ms")
-    s, t0 = connect(port)
-    end, _, _ = wait_eof(s, 2.0)
-    msg = cut_window(end and end - t0, 0.3, "idle client cut")
-    s.close()
-    finish(srv)
-    return msg
+    return _idle_client_cut("300ms", 0.3, 2.0)[0]
 
 
 def test_server_writes_keep_alive():
@@ -165,6 +165,15 @@ int main(int argc, char **argv)
 """
 
 
+def _log_lines(path):
+    """The lines of the shim's log file; none when it was never written."""
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
 def _check_log_line(line, pid, port, cport, limit):
     check(re.match(r"^tcpkeep\[%d\]: " % pid, line), "log line prefix: %r" % line)
     check("127.0.0.1:%d" % port in line and "127.0.0.1:%d" % cport in line,
@@ -203,11 +212,7 @@ def test_info_log_line():
             pass
         out, err = finish(srv)
         check(not err.strip(), "%s: stderr with TCPKEEP_LOG=file: %r" % (name, err[-300:]))
-        try:
-            with open(log) as f:
-                got = f.read().splitlines()
-        except OSError:
-            got = []
+        got = _log_lines(log)
         if not got:
             lost.append(name)
             continue
@@ -240,11 +245,7 @@ def test_info_log_line():
             except subprocess.TimeoutExpired:
                 pass
             finish(srv)
-            try:
-                with open(log) as f:
-                    got = f.read().splitlines()
-            except OSError:
-                got = []
+            got = _log_lines(log)
             if not got:
                 slow_lost += 1
                 with open(trace) as f:
@@ -262,35 +263,14 @@ def test_info_log_line():
         else "")
 
 
-LATE_READER = r"""
-import socket, sys, time
-ls = socket.socket()
-ls.bind(("127.0.0.1", int(sys.argv[1])))
-ls.listen(1)
-print("ready", flush=True)
-c, _ = ls.accept()
-time.sleep(0.8)                  # the byte waits in the kernel's buffer
-c.recv(1)
-print("read %.6f" % time.monotonic(), flush=True)
-c.settimeout(5)
-try:
-    d = c.recv(1)
-    print("end %.6f %s" % (time.monotonic(), "eof" if d == b"" else "data"), flush=True)
-except OSError as e:
-    print("end %.6f %s" % (time.monotonic(), e), flush=True)
-"""
-
-
 def test_late_read_restarts_the_clock():
     """A server reads a byte 0.8 s after it arrived (limit 1s): the read is
     activity, so the cut comes no earlier than 1 s after the read, not 1 s
     after the byte arrived (which is all the kernel's TCP_INFO knows: this
     test fails if the hot path's stamp is lost)."""
-    port = free_port()
-    srv = spawn(script(LATE_READER) + [str(port)], env={"TCPKEEP_IDLE_TIMEOUT": "1s"})
+    srv = spawn(script(LATE_READER), env={"TCPKEEP_IDLE_TIMEOUT": "1s"})
     try:
-        expect_line(srv, "ready")
-        wait_listen(port, proc=srv)
+        port = int(expect_line(srv, "ready").split()[1])
         s, _ = connect(port)
         s.sendall(b"x")
         read_at = float(expect_line(srv, "read ").split()[1])

@@ -880,16 +880,6 @@ static double cut_after(int fd, double since, int max_ms)
     return read(fd, &c, 1) <= 0 ? now() - since : -2;
 }
 
-static int ended_within(int fd, int ms)
-{
-    struct pollfd p = { fd, POLLIN, 0 };
-    if (poll(&p, 1, ms) <= 0)
-        return 0;
-    char c;
-    ssize_t n = recv(fd, &c, 1, MSG_DONTWAIT | MSG_PEEK);
-    return n == 0 || (n < 0 && errno != EAGAIN);
-}
-
 int main(int argc, char **argv)
 {
     set_peer(argv[1]);

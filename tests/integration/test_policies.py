@@ -16,10 +16,10 @@ import socket
 import subprocess
 import time
 
-from helpers import (CUT_SLACK, Fail, check, compile_c, connect, cut_window, expect_line,
-                     expect_keepalive_timer, finish, free_port, kernel_last_data_recv,
-                     keepalive_remaining, lib, need, read_line, script, spawn, ss_find, timeout, tmpdir,
-                     wait_eof, wait_listen)
+from helpers import (CUT_SLACK, LATE_READER, Fail, check, compile_c, connect, cut_window,
+                     expect_line, expect_keepalive_timer, finish, free_port, kernel_last_data_recv,
+                     keepalive_remaining, lib, need, read_line, script, spawn, ss_find, timeout,
+                     tmpdir, wait_eof, wait_listen)
 from realprog import stop
 from policy_util import (MANY_CLIENT, MANY_SERVER, RESET_SERVER, SERVER, SLOW_WRITER, Peer,
                          check_log, cpu_seconds, describe_end, drive, expect_kept, lines_until,
@@ -605,26 +605,6 @@ def test_policies_activity_splice_in():
     if bad:
         raise Fail("; ".join(bad))
     return "; ".join(res)
-
-
-LATE_READER = r"""
-import select, socket, sys, time
-ls = socket.socket()
-ls.bind(("127.0.0.1", 0))
-ls.listen(1)
-print("ready", ls.getsockname()[1], flush=True)
-c, _ = ls.accept()
-select.select([c], [], [], 5)
-time.sleep(0.8)                  # the byte waits in the kernel's buffer
-c.recv(1)
-print("read %.6f" % time.monotonic(), flush=True)
-c.settimeout(5)
-try:
-    d = c.recv(1)
-    print("end %.6f %s" % (time.monotonic(), "eof" if d == b"" else "data"), flush=True)
-except OSError as e:
-    print("end %.6f %s" % (time.monotonic(), e), flush=True)
-"""
 
 
 @timeout(30)

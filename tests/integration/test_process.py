@@ -4,8 +4,8 @@ import os
 import re
 import subprocess
 
-from helpers import (EchoServer, Fail, Skip, check, compile_c, connect, cut_window, timeout,
-                     expect_keepalive_timer, finish, free_port, lib, run, spawn, tmpdir,
+from helpers import (C_COMMON, EchoServer, Fail, Skip, check, compile_c, connect, cut_window,
+                     timeout, expect_keepalive_timer, finish, free_port, lib, run, spawn, tmpdir,
                      wait_eof, wait_listen)
 
 OTHER_PRELOADS = [
@@ -48,25 +48,8 @@ def test_preload_stacking():
     return "timer ~77 s and cut on time with " + ", ".join(done) + " (limit 1 s)"
 
 
-UNSHARE_PROG = r"""
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
+UNSHARE_PROG = C_COMMON + r"""
 #include <sched.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 int main(int argc, char **argv)
 {
@@ -118,26 +101,8 @@ def test_unshare_newuser_before_sockets():
     return "unshare(CLONE_NEWUSER) ok under the shim; " + msg
 
 
-DAEMON_PROG = r"""
-#include <arpa/inet.h>
-#include <errno.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
-
+DAEMON_PROG = C_COMMON + r"""
 static struct sockaddr_in sa;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static double idle_conn(void)
 {

@@ -91,6 +91,67 @@ def check_alive(name, *procs):
             raise Fail("%s exited (status %s) during the test" % (name, p.returncode))
 
 
+def start_twins(procs, d, name, argv_for):
+    """The program (argv_for(port)) under the shim and its unshimmed twin,
+    each on a free port, output and logs in d as NAME-shim.* and
+    NAME-plain.* (added to procs): {True: the shimmed one's port, False:
+    the twin's}."""
+    ports = {}
+    for shim in (True, False):
+        port = free_port()
+        ports[shim] = port
+        procs.append(start_server(argv_for(port), port, shim, d,
+                                  "%s-%s" % (name, "shim" if shim else "plain")))
+    return ports
+
+
+def write_file(d, name, text):
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+# The frame of the client workloads: nconn threads each run worker(k) (it
+# stores its result in res[k]), then the JSON of summary() on stdout.
+WORKLOAD_FRAME = r"""
+import hashlib, json, random, socket, sys, threading
+port = int(sys.argv[1])
+res = {}
+%s
+ts = [threading.Thread(target=worker, args=(k,)) for k in range(nconn)]
+for t in ts: t.start()
+for t in ts: t.join(60)
+print(json.dumps(summary()))
+"""
+
+
+def run_workload(wl, port, what):
+    """Run the workload program wl (unshimmed) against port; its summary."""
+    rc, out, err = run([PYTHON, wl, str(port)], shim=False, limit=60)
+    check(rc == 0, "%s workload exit %d: %r" % (what, rc, err[-600:]))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def spawn_curls(curl, url, outs):
+    """One curl fetch of url into each path of outs, all at once."""
+    return [(out, spawn([curl, "-sS", "--fail", "-o", out, url], shim=False,
+                        stdin=subprocess.DEVNULL)) for out in outs]
+
+
+def curl_sums(fetches):
+    """Wait for each fetch of spawn_curls (30 s each); the sha256 of each file."""
+    sums = []
+    for path, p in fetches:
+        try:
+            _, cerr = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise Fail("curl did not finish within 30 s")
+        check(p.returncode == 0, "curl exit %d: %r" % (p.returncode, cerr))
+        sums.append(sha_file(path))
+    return sums
+
+
 # --------------------------------------------------------------------------
 # redis-server + redis-benchmark
 
@@ -176,15 +237,10 @@ def test_real_redis_benchmark():
     d = make_tmpdir()
     procs = []
     try:
-        ports = {}
-        for shim in (True, False):
-            port = free_port()
-            ports[shim] = port
-            procs.append(start_server(
-                [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--timeout", "0",
-                 "--dir", d, "--logfile", ""], port, shim, d,
-                "redis-shim" if shim else "redis-plain"))
+        ports = start_twins(procs, d, "redis", lambda port: [
+            server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--daemonize", "no", "--timeout", "0",
+            "--dir", d, "--logfile", ""])
         got = {}
 
         def workload():
@@ -283,11 +339,8 @@ def test_real_nginx():
         base = "http://127.0.0.1:%d/" % ports[True]
 
         def workload():
-            fetches = []
-            for i in range(3):
-                out = os.path.join(dirs[True], "fetch%d" % i)
-                fetches.append((out, spawn([curl, "-sS", "--fail", "-o", out, base + "big.bin"],
-                                           shim=False, stdin=subprocess.DEVNULL)))
+            fetches = spawn_curls(curl, base + "big.bin",
+                                  [os.path.join(dirs[True], "fetch%d" % i) for i in range(3)])
             rc, out, err = run([wrk, "-t2", "-c8", "-d2s", base + "small.bin"], shim=False,
                                limit=30)
             check(rc == 0, "wrk exit %d: %r" % (rc, (out + err)[-500:]))
@@ -295,15 +348,7 @@ def test_real_nginx():
             check(m and int(m.group(1)) > 0, "wrk made no request: %r" % out[-500:])
             check("Socket errors" not in out and "Non-2xx" not in out,
                   "wrk saw errors under the shim: %r" % out[-600:])
-            sums = []
-            for path, p in fetches:
-                try:
-                    _, cerr = p.communicate(timeout=30)
-                except subprocess.TimeoutExpired:
-                    raise Fail("curl did not finish within 30 s")
-                check(p.returncode == 0, "curl exit %d: %r" % (p.returncode, cerr))
-                sums.append(sha_file(path))
-            bad = [s for s in sums if s != sha(big)]
+            bad = [s for s in curl_sums(fetches) if s != sha(big)]
             check(not bad, "curl fetched %d of 3 copies of big.bin with a wrong sha256"
                   % len(bad))
             return ("wrk %s requests in %s s, no error; 3 curl fetches of the 4 MB file, "
@@ -325,10 +370,8 @@ def test_real_nginx():
 # --------------------------------------------------------------------------
 # memcached
 
-MEMCACHED_WORKLOAD = r"""
-import json, random, socket, sys, threading
-port, nconn, nops = int(sys.argv[1]), 4, 300
-res = {}
+MEMCACHED_WORKLOAD = WORKLOAD_FRAME % r"""
+nconn, nops = 4, 300
 
 def worker(k):
     rnd = random.Random(k)
@@ -361,11 +404,9 @@ def worker(k):
     s.close()
     res[k] = (ok, bad)
 
-ts = [threading.Thread(target=worker, args=(k,)) for k in range(nconn)]
-for t in ts: t.start()
-for t in ts: t.join(60)
-print(json.dumps({"ok": sum(v[0] for v in res.values()), "bad": sum(v[1] for v in res.values()),
-                  "conns": len(res), "expected": nconn * nops}))
+def summary():
+    return {"ok": sum(v[0] for v in res.values()), "bad": sum(v[1] for v in res.values()),
+            "conns": len(res), "expected": nconn * nops}
 """
 
 
@@ -400,26 +441,16 @@ def test_real_memcached():
     right; idle client cut, active client kept."""
     memcached, = need_prog("memcached")
     d = make_tmpdir()
-    wl = os.path.join(d, "workload.py")
-    with open(wl, "w") as f:
-        f.write(MEMCACHED_WORKLOAD)
+    wl = write_file(d, "workload.py", MEMCACHED_WORKLOAD)
     procs = []
     try:
-        ports = {}
-        for shim in (True, False):
-            port = free_port()
-            ports[shim] = port
-            argv = [memcached, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "4",
-                    "-m", "128", "-c", "1024"]
-            if os.geteuid() == 0:
-                argv += ["-u", "root"]
-            procs.append(start_server(argv, port, shim, d,
-                                      "memcached-shim" if shim else "memcached-plain"))
+        as_root = ["-u", "root"] if os.geteuid() == 0 else []
+        ports = start_twins(procs, d, "memcached", lambda port: [
+            memcached, "-l", "127.0.0.1", "-p", str(port), "-U", "0", "-t", "4", "-m", "128",
+            "-c", "1024"] + as_root)
 
         def workload():
-            rc, out, err = run([PYTHON, wl, str(ports[True])], shim=False, limit=60)
-            check(rc == 0, "memcached workload exit %d: %r" % (rc, err[-600:]))
-            r = json.loads(out.strip().splitlines()[-1])
+            r = run_workload(wl, ports[True], "memcached")
             check(r["bad"] == 0 and r["ok"] == r["expected"] and r["conns"] == 4,
                   "memcached workload: %s" % r)
             return "%d set/get round trips and 800 incr, all values right" % r["ok"]
@@ -436,10 +467,8 @@ def test_real_memcached():
 # --------------------------------------------------------------------------
 # socat: a forking proxy in front of an echo backend
 
-ECHO_WORKLOAD = r"""
-import hashlib, json, random, socket, sys, threading
-port, nconn, size = int(sys.argv[1]), 4, 2 << 20
-res = {}
+ECHO_WORKLOAD = WORKLOAD_FRAME % r"""
+nconn, size = 4, 2 << 20
 
 def worker(k):
     data = random.Random(k).randbytes(size)
@@ -460,12 +489,10 @@ def worker(k):
     s.close()
     res[k] = (got, h.hexdigest() == hashlib.sha256(data).hexdigest())
 
-ts = [threading.Thread(target=worker, args=(k,)) for k in range(nconn)]
-for t in ts: t.start()
-for t in ts: t.join(60)
-print(json.dumps({"conns": len(res), "bytes": sum(v[0] for v in res.values()),
-                  "good": sum(1 for v in res.values() if v[0] == size and v[1]),
-                  "expected": nconn, "size": size}))
+def summary():
+    return {"conns": len(res), "bytes": sum(v[0] for v in res.values()),
+            "good": sum(1 for v in res.values() if v[0] == size and v[1]),
+            "expected": nconn, "size": size}
 """
 
 
@@ -490,27 +517,18 @@ def test_real_socat_forking_proxy():
     child, active client kept."""
     socat, = need_prog("socat")
     d = make_tmpdir()
-    wl = os.path.join(d, "workload.py")
-    with open(wl, "w") as f:
-        f.write(ECHO_WORKLOAD)
+    wl = write_file(d, "workload.py", ECHO_WORKLOAD)
     procs = []
     try:
         bport = free_port()
         procs.append(start_server([socat, "TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork" % bport,
                                    "EXEC:cat"], bport, False, d, "socat-backend"))
-        ports = {}
-        for shim in (True, False):
-            port = free_port()
-            ports[shim] = port
-            procs.append(start_server(
-                [socat, "TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork" % port,
-                 "TCP:127.0.0.1:%d" % bport], port, shim, d,
-                "socat-shim" if shim else "socat-plain"))
+        ports = start_twins(procs, d, "socat", lambda port: [
+            socat, "TCP-LISTEN:%d,bind=127.0.0.1,reuseaddr,fork" % port,
+            "TCP:127.0.0.1:%d" % bport])
 
         def workload():
-            rc, out, err = run([PYTHON, wl, str(ports[True])], shim=False, limit=60)
-            check(rc == 0, "echo workload exit %d: %r" % (rc, err[-600:]))
-            r = json.loads(out.strip().splitlines()[-1])
+            r = run_workload(wl, ports[True], "echo")
             check(r["good"] == r["expected"] == r["conns"],
                   "through the proxy: %s (each should echo %d bytes intact)" % (r, r["size"]))
             return "%d clients echoed %d MB each through the proxy, sha256 intact" % (
@@ -541,29 +559,14 @@ def test_real_python_http_server():
     d = make_tmpdir()
     procs = []
     try:
-        ports = {}
-        for shim in (True, False):
-            port = free_port()
-            ports[shim] = port
-            procs.append(start_server(
-                [py, "-m", "http.server", "-b", "127.0.0.1", "-d", root, "-p", "HTTP/1.1",
-                 str(port)], port, shim, d, "http-shim" if shim else "http-plain"))
+        ports = start_twins(procs, d, "http", lambda port: [
+            py, "-m", "http.server", "-b", "127.0.0.1", "-d", root, "-p", "HTTP/1.1", str(port)])
 
         def workload():
-            fetches = []
-            for i in range(4):
-                out = os.path.join(d, "fetch%d" % i)
-                fetches.append((out, spawn(
-                    [curl, "-sS", "--fail", "-o", out,
-                     "http://127.0.0.1:%d/big.bin" % ports[True]],
-                    shim=False, stdin=subprocess.DEVNULL)))
-            for path, p in fetches:
-                try:
-                    _, cerr = p.communicate(timeout=30)
-                except subprocess.TimeoutExpired:
-                    raise Fail("curl did not finish within 30 s")
-                check(p.returncode == 0, "curl exit %d: %r" % (p.returncode, cerr))
-                check(sha_file(path) == sha(big), "curl fetched big.bin with a wrong sha256")
+            fetches = spawn_curls(curl, "http://127.0.0.1:%d/big.bin" % ports[True],
+                                  [os.path.join(d, "fetch%d" % i) for i in range(4)])
+            for got in curl_sums(fetches):
+                check(got == sha(big), "curl fetched big.bin with a wrong sha256")
             return "4 parallel curl fetches of the 3 MB file, sha256 %s... as the file" % (
                 sha(big)[:12])
 
@@ -617,10 +620,8 @@ async def main():
 asyncio.run(main())
 """
 
-ASYNCIO_WORKLOAD = r"""
-import hashlib, json, random, socket, sys, threading
-port, nconn, rounds = int(sys.argv[1]), 6, 300
-res = {}
+ASYNCIO_WORKLOAD = WORKLOAD_FRAME % r"""
+nconn, rounds = 6, 300
 
 def worker(k):
     rnd = random.Random(k)
@@ -638,10 +639,8 @@ def worker(k):
     s.close()
     res[k] = ok
 
-ts = [threading.Thread(target=worker, args=(k,)) for k in range(nconn)]
-for t in ts: t.start()
-for t in ts: t.join(60)
-print(json.dumps({"ok": sum(res.values()), "expected": nconn * (rounds + 2), "conns": len(res)}))
+def summary():
+    return {"ok": sum(res.values()), "expected": nconn * (rounds + 2), "conns": len(res)}
 """
 
 
@@ -652,25 +651,14 @@ def test_real_python_asyncio_server():
     cut, the server sees it as end-of-file and closes it; active kept."""
     py = debian_python()
     d = make_tmpdir()
-    srv = os.path.join(d, "server.py")
-    wl = os.path.join(d, "workload.py")
-    with open(srv, "w") as f:
-        f.write(ASYNCIO_SERVER)
-    with open(wl, "w") as f:
-        f.write(ASYNCIO_WORKLOAD)
+    srv = write_file(d, "server.py", ASYNCIO_SERVER)
+    wl = write_file(d, "workload.py", ASYNCIO_WORKLOAD)
     procs = []
     try:
-        ports = {}
-        for shim in (True, False):
-            port = free_port()
-            ports[shim] = port
-            procs.append(start_server([py, srv, str(port)], port, shim, d,
-                                      "asyncio-shim" if shim else "asyncio-plain"))
+        ports = start_twins(procs, d, "asyncio", lambda port: [py, srv, str(port)])
 
         def workload():
-            rc, out, err = run([PYTHON, wl, str(ports[True])], shim=False, limit=60)
-            check(rc == 0, "asyncio workload exit %d: %r" % (rc, err[-600:]))
-            r = json.loads(out.strip().splitlines()[-1])
+            r = run_workload(wl, ports[True], "asyncio")
             check(r["ok"] == r["expected"] and r["conns"] == 6, "asyncio workload: %s" % r)
             return "%d echoes and bulk answers, all right" % r["ok"]
 
